@@ -1,0 +1,168 @@
+"""Training losses for clothing segmentation: class-weighted cross-entropy on the label mask,
+weighted binary cross-entropy on the boundary map, and an optional soft Dice term.
+
+`segmentation_loss` combines them as configured by `LossConfig`; run.py builds its loss flags
+from that dataclass. Tests: `python -m pytest tests/test_losses.py -q`.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Match dataset.py's LABELS (24 ids, 0-23) and IGNORE_INDEX; kept here so losses.py stands alone.
+NUM_LABELS = 24
+IGNORE_INDEX = 255
+
+# The published weights: small accessories (eyeglass, neckwear, ring, wrist wearing, necklace,
+# earrings, tie) cover few pixels and would otherwise be drowned by background and skin.
+DEFAULT_CLASS_WEIGHTS: tuple[float, ...] = (
+    1.0,  # 0 background
+    1.0,  # 1 top
+    1.0,  # 2 outer
+    1.0,  # 3 skirt
+    1.0,  # 4 dress
+    1.0,  # 5 pants
+    1.0,  # 6 leggings
+    1.0,  # 7 headwear
+    5.0,  # 8 eyeglass
+    5.0,  # 9 neckwear
+    2.0,  # 10 belt
+    1.0,  # 11 footwear
+    1.0,  # 12 bag
+    1.0,  # 13 hair
+    1.0,  # 14 face
+    1.0,  # 15 skin
+    5.0,  # 16 ring
+    5.0,  # 17 wrist wearing
+    2.0,  # 18 socks
+    2.0,  # 19 gloves
+    5.0,  # 20 necklace
+    1.0,  # 21 rompers
+    5.0,  # 22 earrings
+    5.0,  # 23 tie
+)
+assert len(DEFAULT_CLASS_WEIGHTS) == NUM_LABELS
+
+
+@dataclass
+class LossConfig:
+    """Loss weights; run.py builds a command-line flag from each field and its help."""
+    class_weights: tuple[float, ...] = field(default=DEFAULT_CLASS_WEIGHTS, metadata={
+        "help": "per-label cross-entropy weight, 24 values in label-id order (default: the published ones)"})
+    boundary_weight: float = field(default=1.0, metadata={
+        "help": "coupling of the boundary term (published: 1)"})
+    boundary_pos_weight: float = field(default=20.0, metadata={
+        "help": "a missed boundary pixel costs this many times a false one (published: 20)"})
+    dice_weight: float = field(default=0.0, metadata={
+        "help": "coupling of the optional soft Dice term; 0 turns it off"})
+
+    def __post_init__(self):
+        if len(self.class_weights) != NUM_LABELS:
+            raise ValueError(f"class_weights needs {NUM_LABELS} values, got {len(self.class_weights)}")
+
+
+def weighted_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    class_weights: Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
+    """Class-weighted cross-entropy averaged over valid pixels.
+
+    logits: (B, C, H, W); target: (B, H, W) int64 label ids or `ignore_index`;
+    class_weights: (C,) or None for all ones. Returns a scalar.
+    """
+    valid = target != ignore_index  # (B, H, W)
+    # (B, H, W), 0 where ignored
+    nll = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
+    if class_weights is not None:
+        # Gather rather than F.cross_entropy(weight=...): no dtype clash with autocast logits.
+        nll = nll * class_weights.to(nll.dtype)[torch.where(valid, target, 0)]
+    # Divide by the pixel count, not by the sum of weights (torch's weighted 'mean'): the loss of a
+    # batch is then the plain mean of its pixels' losses, so with equal-size micro-batches,
+    # gradient accumulation reproduces the large-batch gradient exactly. The clamp makes a batch
+    # with no valid pixel give a zero that backward still runs through, without a GPU sync.
+    return nll.sum() / valid.sum().clamp(min=1)
+
+
+def boundary_bce(
+    logits: Tensor,
+    target: Tensor,
+    pos_weight: float = 20.0,
+    valid: Tensor | None = None,
+) -> Tensor:
+    """Binary cross-entropy of boundary logits, a boundary pixel weighted `pos_weight` times.
+
+    logits, target: (B, H, W), target float in {0, 1}; valid: bool (B, H, W) or None for all.
+    Returns the mean over valid pixels (a scalar).
+    """
+    pos = torch.as_tensor(pos_weight, device=logits.device, dtype=logits.dtype)
+    # Boundaries are a few percent of pixels: without pos_weight, "no boundary anywhere" is cheap.
+    bce = F.binary_cross_entropy_with_logits(
+        logits, target, pos_weight=pos, reduction="none"
+    )  # (B, H, W)
+    if valid is None:
+        return bce.mean()
+    return (bce * valid).sum() / valid.sum().clamp(min=1)
+
+
+def dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: int = IGNORE_INDEX,
+    eps: float = 1.0,
+) -> Tensor:
+    """Soft multi-class Dice loss over the whole batch, averaged over classes present in target.
+
+    logits: (B, C, H, W); target: (B, H, W) int64 label ids or `ignore_index`. Returns a scalar.
+    """
+    num_classes = logits.shape[1]
+    valid = target != ignore_index  # (B, H, W)
+    safe_target = torch.where(valid, target, 0)  # (B, H, W), any id will do where ignored
+    # float32: the sums below run over every pixel of the batch.
+    probs = logits.float().softmax(dim=1) * valid.unsqueeze(1)  # (B, C, H, W), 0 where ignored
+    # Probability of the true class per pixel, summed per class: avoids a (B, C, H, W) one-hot.
+    p_true = probs.gather(1, safe_target.unsqueeze(1))  # (B, 1, H, W)
+    ids = safe_target.flatten()  # (BHW,)
+    intersection = probs.new_zeros(num_classes).index_add(0, ids, p_true.flatten())  # (C,)
+    target_sum = probs.new_zeros(num_classes).index_add(0, ids, valid.flatten().to(probs.dtype))
+    prob_sum = probs.sum(dim=(0, 2, 3))  # (C,), as is target_sum
+    dice = (2 * intersection + eps) / (prob_sum + target_sum + eps)  # (C,)
+    # Only classes present count: absent ones would score ~1 for predicting nothing and dilute
+    # the rare ones that matter. Masking instead of indexing avoids a GPU sync; with no class
+    # present (all pixels ignored) the loss is 0.
+    present = (target_sum > 0).to(probs.dtype)  # (C,)
+    return (present * (1 - dice)).sum() / present.sum().clamp(min=1)
+
+
+def segmentation_loss(
+    mask_logits: Tensor,
+    boundary_logits: Tensor,
+    mask: Tensor,
+    boundary: Tensor,
+    config: LossConfig,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Total training loss and its detached parts ("ce", "boundary", "dice" if used, "total").
+
+    mask_logits: (B, C, H, W); boundary_logits: (B, H, W); mask: (B, H, W) int64 with
+    IGNORE_INDEX where unlabelled; boundary: (B, H, W) in {0, 1}. Pixels where mask is
+    IGNORE_INDEX count in no term.
+    """
+    valid = mask != IGNORE_INDEX  # (B, H, W)
+    class_weights = torch.as_tensor(
+        config.class_weights, device=mask_logits.device, dtype=torch.float32
+    )  # (C,)
+    ce = weighted_cross_entropy(mask_logits, mask, class_weights)
+    bce = boundary_bce(
+        boundary_logits, boundary.to(boundary_logits.dtype), config.boundary_pos_weight, valid
+    )
+    total = ce + config.boundary_weight * bce
+    parts = {"ce": ce.detach(), "boundary": bce.detach()}
+    if config.dice_weight > 0:
+        dice = dice_loss(mask_logits, mask)
+        total = total + config.dice_weight * dice
+        parts["dice"] = dice.detach()
+    parts["total"] = total.detach()
+    return total, parts

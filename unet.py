@@ -154,6 +154,11 @@ class UpBlock(nn.Module):
         return x
 
 
+def at_least_fp32(x: Tensor) -> Tensor:
+    """Logits leave the model in fp32 (or fp64) even under bf16/fp16 autocast."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class NormalizedLogits(nn.Module):
     """1x1 conv to label logits, each pixel's vector standardised before the softmax (paper 1.5).
 
@@ -166,7 +171,7 @@ class NormalizedLogits(nn.Module):
         self.gain = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self.proj(x).float()                                        # (B, L, H, W)
+        z = at_least_fp32(self.proj(x))                                 # (B, L, H, W)
         var, mean = torch.var_mean(z, dim=1, keepdim=True, correction=0)
         return (z - mean) * torch.rsqrt(var + 1e-5) * self.gain
 
@@ -207,7 +212,7 @@ class UNet(nn.Module):
         x = self.bottleneck(x)                                          # (B, bottleneck, H/2^D, W/2^D)
         for block in reversed(self.decoder):
             x = self._run(block, x, skips.pop())
-        return UNetOutput(self.mask_head(x), self.boundary_head(x).float().squeeze(1))
+        return UNetOutput(self.mask_head(x), at_least_fp32(self.boundary_head(x)).squeeze(1))
 
 
 def make_bottleneck(config: UNetConfig) -> nn.Module:

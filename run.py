@@ -1,0 +1,483 @@
+"""Train the UNet: the published staged recipe, gradient accumulation, resumable checkpoints.
+
+    python run.py                      # demo: draws a synthetic data set, trains `tiny` on the CPU
+    python run.py --data_dir DIR --preset 512_96 --bottleneck simple ...   # see README.md
+
+Stages (each starts from --pretrained_model_path: weights only, fresh optimizer):
+  1. from scratch, usually with --bottleneck simple     trains everything
+  2. --upgrade_bottleneck                              fresh attention bottleneck, trains only it
+  3. (no stage flag)                                   trains everything
+  4. --upgrade_local_attention                         adds local attention, trains only it
+  5. --model_use_local_attention                       trains everything, local attention on
+--resume latest|PATH instead restores a whole run (optimizer, step, data position, RNG) and
+continues it as if it had never stopped.
+
+Every flag comes from a field of `TrainConfig` (or losses.LossConfig), where its default is
+written once. Outputs in --output_dir: checkpoints/step-*.pt (the last --checkpoints_total_limit),
+best.pt (best validation mIoU), the final weights --output_file_name, config.json and
+tensorboard/.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+import typing
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from dataset import DataError, FashionDataset, colorize, write_synthetic_dataset
+from evaluate import confusion_matrix, mean_iou, pixel_accuracy
+from losses import LossConfig, segmentation_loss
+from unet import (PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, load_state, model_checkpoint,
+                  read_checkpoint, stage_parameters, swap_bottleneck, unwrap)
+
+log = logging.getLogger("run")
+SYNTHETIC_DIR = "data/synthetic"
+
+
+def arg(default, help: str, **kwargs):
+    """A dataclass field that also describes its command-line flag."""
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data_dir: str = arg(SYNTHETIC_DIR, "DeepFashion-MultiModal root (images/, segm/); the default "
+                        "synthetic folder is drawn on first use")
+    synthetic_images: int = arg(240, "images to draw when the synthetic data set is made")
+    test_split: str = arg("", "file naming the test images (default: the published 1,270)")
+    val_fraction: float = arg(0.05, "share of the non-test images held out for validation (by name hash)")
+    color_jitter: float = arg(0.1, "colour jitter strength for training samples (0 = off)")
+    skip_bad_samples: bool = arg(False, "skip and report unreadable or invalid samples instead of stopping")
+    num_workers: int = arg(2, "data-loading processes")
+    # model and stage
+    preset: str = arg("tiny", "architecture when training from scratch", choices=sorted(PRESETS))
+    image_size: int = arg(0, "training resolution (0 = the preset's)")
+    bottleneck: str = arg("", "bottleneck when training from scratch (default: the preset's)",
+                          choices=["", "simple", "attention"])
+    pretrained_model_path: str = arg("", "start from these weights (fresh optimizer)")
+    upgrade_bottleneck: bool = arg(False, "swap in a fresh attention bottleneck and train only it")
+    upgrade_local_attention: bool = arg(False, "add local attention and train only it")
+    model_use_local_attention: bool = arg(False, "train everything with local attention on "
+                                                 "(added where the model lacks it)")
+    local_attention_levels: tuple[int, ...] = arg((), "decoder levels for local attention, 0 = full "
+                                                      "resolution (default: every level)")
+    # optimisation
+    epochs: float = arg(12.0, "passes over the training images (fractions allowed)")
+    max_steps: int = arg(0, "stop after this many optimizer steps (0 = run --epochs)")
+    batch_size: int = arg(8, "images per forward pass")
+    gradient_accumulation_steps: int = arg(1, "forward passes per optimizer step")
+    learning_rate: float = arg(1e-3, "peak learning rate (published: 1e-3 stage 1, 1e-4 later)")
+    lr_scheduler: str = arg("cosine", "decay after warm-up", choices=["constant", "linear", "cosine"])
+    warmup_steps: int = arg(20, "optimizer steps of linear warm-up")
+    min_lr_ratio: float = arg(0.1, "final learning rate as a fraction of the peak (linear/cosine)")
+    weight_decay: float = arg(0.0, "AdamW weight decay on conv weights (published: Adam, none)")
+    max_grad_norm: float = arg(1.0, "gradient clipping norm (0 = off)")
+    mixed_precision: str = arg("no", "autocast dtype on CUDA", choices=["no", "fp16", "bf16"])
+    gradient_checkpointing: bool = arg(False, "recompute activations: less memory, more time")
+    compile: bool = arg(False, "torch.compile the model")
+    seed: int = arg(0, "seed for initialisation and data order")
+    device: str = arg("auto", "cpu, cuda, cuda:N or auto")
+    # outputs
+    output_dir: str = arg("runs/tiny", "folder for checkpoints, logs and the final weights")
+    output_file_name: str = arg("model.pt", "final weights, inside --output_dir")
+    resume: str = arg("", "'latest' (newest checkpoint in --output_dir, if any) or a checkpoint path")
+    checkpointing_steps: int = arg(100, "validate and save a checkpoint every N optimizer steps")
+    checkpoints_total_limit: int = arg(2, "step checkpoints kept (best.pt and the final weights aside)")
+    val_panels: int = arg(4, "validation images shown in TensorBoard")
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+def _add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        kind, extra = hints[f.name], {}
+        if typing.get_origin(kind) is tuple:
+            extra = dict(nargs="*", type=typing.get_args(kind)[0])
+        elif kind is bool:
+            extra = dict(action=argparse.BooleanOptionalAction)
+        else:
+            extra = dict(type=kind)
+        default = f.default if f.default != "" else "none"
+        parser.add_argument(f"--{f.name}", help=f"{f.metadata['help']} (default: {default})",
+                            choices=f.metadata.get("choices"), **extra)
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Flags -> TrainConfig. Only given flags are set, so dataclass defaults are the only ones."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_flags(parser, TrainConfig)
+    _add_flags(parser, LossConfig)
+    given = vars(parser.parse_args(argv))
+    loss_names = {f.name for f in dataclasses.fields(LossConfig)}
+    try:
+        loss = LossConfig(**{k: v for k, v in given.items() if k in loss_names})
+        cfg = TrainConfig(**{k: v for k, v in given.items() if k not in loss_names}, loss=loss)
+        check_config(cfg, given)
+    except ValueError as e:
+        parser.error(str(e))
+    return cfg
+
+
+def check_config(cfg: TrainConfig, given: dict) -> None:
+    """Reject flag combinations that cannot mean what the user wants."""
+    stages = [s for s in ("upgrade_bottleneck", "upgrade_local_attention", "model_use_local_attention")
+              if getattr(cfg, s)]
+    if len(stages) > 1:
+        raise ValueError(f"choose one stage: --{' and --'.join(stages)} conflict")
+    if stages and not cfg.pretrained_model_path and not cfg.resume:
+        raise ValueError(f"--{stages[0]} upgrades a trained model: give --pretrained_model_path")
+    if cfg.pretrained_model_path and {"preset", "bottleneck"} & set(given):
+        raise ValueError("--preset/--bottleneck build a model from scratch; with --pretrained_model_path "
+                         "the architecture comes from the checkpoint")
+    if cfg.local_attention_levels and not (cfg.upgrade_local_attention or cfg.model_use_local_attention):
+        raise ValueError("--local_attention_levels goes with --upgrade_local_attention or "
+                         "--model_use_local_attention")
+    for name in ("batch_size", "gradient_accumulation_steps", "checkpointing_steps", "checkpoints_total_limit"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name} must be at least 1")
+    if cfg.max_steps < 0 or cfg.epochs <= 0 and not cfg.max_steps:
+        raise ValueError("give a positive --epochs or --max_steps")
+
+
+# ---- model, stage and optimizer ----------------------------------------------------------------
+
+def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
+    """The model this run starts from and the stage ("all", "bottleneck", "local_attention")."""
+    if not cfg.pretrained_model_path:
+        config = PRESETS[cfg.preset]
+        config = dataclasses.replace(config, bottleneck=cfg.bottleneck or config.bottleneck,
+                                     image_size=cfg.image_size or config.image_size)
+        return UNet(config), "all"
+    ckpt = read_checkpoint(cfg.pretrained_model_path)
+    config = UNetConfig.from_dict(ckpt["model_config"])
+    if cfg.image_size:
+        config = dataclasses.replace(config, image_size=cfg.image_size)
+    model = UNet(config)
+    load_state(model, ckpt["model"], cfg.pretrained_model_path)
+    levels = cfg.local_attention_levels or tuple(range(len(config.features)))
+    if cfg.upgrade_bottleneck:
+        return swap_bottleneck(model), "bottleneck"
+    if cfg.upgrade_local_attention:
+        return add_local_attention(model, levels), "local_attention"
+    if cfg.model_use_local_attention:
+        return add_local_attention(model, levels), "all"
+    return model, "all"
+
+
+def make_optimizer(model: UNet, stage: str, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over the stage's parameters; the rest are frozen. No decay on norms, biases, gains."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    named = stage_parameters(model, stage)
+    for _, p in named:
+        p.requires_grad_(True)
+    groups = [{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999),
+                             fused=device.type == "cuda")
+
+
+def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then constant, linear or cosine decay to min_lr_ratio x peak."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if cfg.lr_scheduler == "constant":
+        return cfg.learning_rate
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    decay = 1 - progress if cfg.lr_scheduler == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
+
+
+def epoch_windows(num_images: int, cfg: TrainConfig, epoch: int) -> list[list[list[int]]]:
+    """An epoch as optimizer steps, each a list of micro-batches of image indices.
+
+    The order depends only on (seed, epoch), so a resumed run sees the same batches. The last
+    step of an epoch may hold fewer micro-batches (and its last one fewer images): it is kept.
+    """
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    order = torch.randperm(num_images, generator=g).tolist()
+    batches = [order[i:i + cfg.batch_size] for i in range(0, num_images, cfg.batch_size)]
+    k = cfg.gradient_accumulation_steps
+    return [batches[i:i + k] for i in range(0, len(batches), k)]
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+def save_atomic(payload: dict, path: Path) -> None:
+    """Write to a temporary file, flush it to disk, then rename: a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def step_checkpoints(output_dir: Path) -> list[Path]:
+    """step-*.pt files, oldest first."""
+    found = [(int(m.group(1)), p) for p in (output_dir / "checkpoints").glob("step-*.pt")
+             if (m := re.fullmatch(r"step-(\d+)\.pt", p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resume_path(cfg: TrainConfig) -> Path | None:
+    if cfg.resume != "latest":
+        return Path(cfg.resume) if cfg.resume else None
+    found = step_checkpoints(Path(cfg.output_dir))
+    if not found:
+        log.info("--resume latest: no checkpoint in %s/checkpoints yet, starting fresh", cfg.output_dir)
+    return found[-1] if found else None
+
+
+def training_state(model, optimizer, scaler, cfg: TrainConfig, stage: str, step: int, epoch: int,
+                   window: int, best: float) -> dict:
+    """Everything needed to continue the run exactly; plain data for weights_only loading."""
+    return {**model_checkpoint(model), "train_config": dataclasses.asdict(cfg), "stage": stage,
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "step": step, "epoch": epoch, "window": window, "best_miou": best,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+
+
+def save_step_checkpoint(state: dict, output_dir: Path, limit: int) -> Path:
+    path = output_dir / "checkpoints" / f"step-{state['step']:07d}.pt"
+    save_atomic(state, path)
+    for old in step_checkpoints(output_dir)[:-limit]:   # only after the new one is safely written
+        old.unlink()
+    return path
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+def make_datasets(cfg: TrainConfig, model: UNet) -> tuple[FashionDataset, FashionDataset | None]:
+    data_dir = Path(cfg.data_dir)
+    if cfg.data_dir == SYNTHETIC_DIR and not data_dir.exists():
+        log.info("drawing a synthetic data set of %d images in %s (first use)", cfg.synthetic_images, data_dir)
+        write_synthetic_dataset(data_dir, cfg.synthetic_images, seed=0)
+    mc = model.config
+    common = dict(image_size=mc.image_size, mean=mc.mean, std=mc.std, size_multiple=mc.size_multiple,
+                  seed=cfg.seed, test_split=cfg.test_split or None, val_fraction=cfg.val_fraction,
+                  skip_bad=cfg.skip_bad_samples)
+    train = FashionDataset(data_dir, "train", mode="random_strip", color_jitter=cfg.color_jitter, **common)
+    val = FashionDataset(data_dir, "val", mode="center_strip", **common) if cfg.val_fraction > 0 else None
+    return train, val
+
+
+def make_loader(dataset: FashionDataset, cfg: TrainConfig, batch_sampler, device: torch.device) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=cfg.num_workers,
+                      pin_memory=device.type == "cuda")
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
+    image = batch["image"].to(device, non_blocking=True)
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    return (image, batch["mask"].to(device, non_blocking=True),
+            batch["boundary"].to(device, non_blocking=True))
+
+
+# ---- validation --------------------------------------------------------------------------------
+
+@torch.no_grad()
+def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.device, autocast,
+             channels_last: bool) -> tuple[dict[str, float], torch.Tensor]:
+    """Validation loss, pixel accuracy and mIoU over the whole set; a (3, H, W) uint8 panel."""
+    model.eval()
+    batches = [list(range(i, min(i + cfg.batch_size, len(dataset))))
+               for i in range(0, len(dataset), cfg.batch_size)]
+    num_labels = unwrap(model).config.num_labels
+    cm = torch.zeros(num_labels, num_labels, dtype=torch.int64, device=device)
+    loss_sum, rows = 0.0, []
+    for batch in make_loader(dataset, cfg, batches, device):
+        image, mask, boundary = to_device(batch, device, channels_last)
+        with autocast:
+            out = model(image)
+            loss, _ = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, cfg.loss)
+        loss_sum += loss.item() * len(image)
+        pred = out.mask_logits.argmax(1)                                   # (B, H, W)
+        cm += confusion_matrix(pred, mask, num_labels)
+        if len(rows) < cfg.val_panels:
+            rows += panel_rows(batch["image"], mask, pred, out.boundary_logits, dataset)[:cfg.val_panels - len(rows)]
+    model.train()
+    cm = cm.cpu()
+    metrics = {"loss": loss_sum / len(dataset), "pixel_accuracy": pixel_accuracy(cm), "mIoU": mean_iou(cm)}
+    return metrics, torch.cat(rows, dim=1)
+
+
+def panel_rows(image, mask, pred, boundary_logits, dataset: FashionDataset) -> list[torch.Tensor]:
+    """Per image a (3, H, 4W) uint8 row: input | ground truth | prediction | boundary."""
+    mean = torch.tensor(dataset.mean).view(1, 3, 1, 1)
+    std = torch.tensor(dataset.std).view(1, 3, 1, 1)
+    rgb = ((image * std + mean).clamp(0, 1) * 255).to(torch.uint8)              # (B, 3, H, W)
+    edge = (boundary_logits.float().sigmoid().cpu() * 255).to(torch.uint8)[:, None].expand(-1, 3, -1, -1)
+    row = torch.cat([rgb, colorize(mask.cpu()), colorize(pred.cpu()), edge], dim=3)
+    return list(row)
+
+
+# ---- the training loop -------------------------------------------------------------------------
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def accumulate_gradients(net, micro_batches, images: int, loss_config: LossConfig, device: torch.device,
+                         autocast, scaler: torch.amp.GradScaler, channels_last: bool) -> dict[str, torch.Tensor]:
+    """Forward and backward over one optimizer step's micro-batches (`images` in all).
+
+    Each micro-batch's loss is weighted by its share of the images, so the summed gradient is
+    the mean over all of them however they were split (an uneven last step included): batch 4
+    gives the same gradient as 2 micro-batches of 2. Returns the loss parts, weighted alike.
+    """
+    parts = {}
+    for batch in micro_batches:
+        image, mask, boundary = to_device(batch, device, channels_last)
+        share = len(image) / images
+        with autocast:
+            out = net(image)
+            loss, loss_parts = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary,
+                                                 loss_config)
+        scaler.scale(loss * share).backward()
+        for k, v in loss_parts.items():
+            parts[k] = parts.get(k, 0.0) + v * share
+    return parts
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) one training stage; returns the path of the final weights."""
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    if cfg.mixed_precision == "fp16" and device.type != "cuda":
+        raise ValueError("--mixed_precision fp16 needs CUDA (bf16 works on the CPU too)")
+    output_dir = Path(cfg.output_dir)
+    resume = resume_path(cfg)
+    if resume:
+        ckpt = read_checkpoint(resume)
+        model, stage = UNet(UNetConfig.from_dict(ckpt["model_config"])), ckpt["stage"]
+        load_state(model, ckpt["model"], str(resume))
+    else:
+        model, stage = build_model(cfg)
+    channels_last = device.type == "cuda"
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model.set_gradient_checkpointing(cfg.gradient_checkpointing)
+    optimizer = make_optimizer(model, stage, cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
+    step, epoch, window, best = 0, 0, 0, -1.0
+    if resume:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        step, epoch, window, best = ckpt["step"], ckpt["epoch"], ckpt["window"], ckpt["best_miou"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        log.info("resuming %s at step %d (epoch %d)", resume, step, epoch)
+
+    train_set, val_set = make_datasets(cfg, model)
+    steps_per_epoch = len(epoch_windows(len(train_set), cfg, 0))
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    net = torch.compile(model) if cfg.compile else model
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.json").write_text(json.dumps(
+        {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.config), "stage": stage}, indent=2))
+    writer = SummaryWriter(str(output_dir / "tensorboard"))
+    log.info("%s: %d training / %d validation images, stage %r (%.2f M trained parameters), "
+             "%d steps of %d images on %s", cfg.data_dir, len(train_set), len(val_set or []), stage,
+             sum(p.numel() for p in trained) / 1e6, total_steps,
+             cfg.batch_size * cfg.gradient_accumulation_steps, device)
+
+    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
+    metrics = {}
+    while step < total_steps:
+        train_set.set_epoch(epoch)
+        windows = epoch_windows(len(train_set), cfg, epoch)[window:]
+        batches = iter(make_loader(train_set, cfg, [b for w in windows for b in w], device))
+        for micro_batches in windows:
+            if step >= total_steps:
+                break
+            t0 = time.perf_counter()
+            lr = lr_at(step, total_steps, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = sum(len(b) for b in micro_batches)
+            parts = accumulate_gradients(net, (next(batches) for _ in micro_batches), images, cfg.loss,
+                                         device, autocast, scaler, channels_last)
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm or math.inf)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step, window = step + 1, window + 1
+
+            speed = images / (time.perf_counter() - t0)
+            for k, v in parts.items():
+                writer.add_scalar(f"train/{k}", v.item(), step)
+            writer.add_scalars("train", {"lr": lr, "grad_norm": grad_norm.item(), "img_per_s": speed}, step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['total'].item():.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.1f}")
+
+            if step % cfg.checkpointing_steps == 0 or step == total_steps:
+                if val_set is not None:
+                    metrics, panel = validate(net, val_set, cfg, device, autocast, channels_last)
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"val/{k}", v, step)
+                    writer.add_image("val/input_truth_prediction_boundary", panel, step)
+                    tqdm.write(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
+                    if metrics["mIoU"] > best:
+                        best = metrics["mIoU"]
+                        save_atomic({**model_checkpoint(model), "train_config": dataclasses.asdict(cfg),
+                                     "stage": stage, "step": step, "val": metrics}, output_dir / "best.pt")
+                save_step_checkpoint(training_state(model, optimizer, scaler, cfg, stage, step, epoch,
+                                                    window, best), output_dir, cfg.checkpoints_total_limit)
+        else:
+            epoch, window = epoch + 1, 0
+    bar.close()
+    writer.close()
+
+    final = output_dir / cfg.output_file_name
+    save_atomic({**model_checkpoint(model), "train_config": dataclasses.asdict(cfg), "stage": stage,
+                 "step": step, "val": metrics}, final)
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = parse_config(argv)
+    try:
+        final = train(cfg)
+    except (DataError, CheckpointError) as e:
+        sys.exit(f"error: {e}")
+    print(f"\nfinal weights: {final}\ncheckpoints:   {Path(cfg.output_dir) / 'checkpoints'}"
+          f"\nTensorBoard:   tensorboard --logdir {Path(cfg.output_dir) / 'tensorboard'}"
+          f"\nevaluate:      python evaluate.py --checkpoint {final} --data_dir {cfg.data_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -301,7 +301,7 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[t
 
 @torch.no_grad()
 def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.device, autocast,
-             channels_last: bool) -> tuple[dict[str, float], torch.Tensor]:
+             channels_last: bool) -> tuple[dict[str, float], torch.Tensor | None]:
     """Validation loss, pixel accuracy and mIoU over the whole set; a (3, H, W) uint8 panel."""
     model.eval()
     batches = [list(range(i, min(i + cfg.batch_size, len(dataset))))
@@ -322,7 +322,7 @@ def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.dev
     model.train()
     cm = cm.cpu()
     metrics = {"loss": loss_sum / len(dataset), "pixel_accuracy": pixel_accuracy(cm), "mIoU": mean_iou(cm)}
-    return metrics, torch.cat(rows, dim=1)
+    return metrics, torch.cat(rows, dim=1) if rows else None
 
 
 def panel_rows(image, mask, pred, boundary_logits, dataset: FashionDataset) -> list[torch.Tensor]:
@@ -439,7 +439,8 @@ def train(cfg: TrainConfig) -> Path:
             speed = images / (time.perf_counter() - t0)
             for k, v in parts.items():
                 writer.add_scalar(f"train/{k}", v.item(), step)
-            writer.add_scalars("train", {"lr": lr, "grad_norm": grad_norm.item(), "img_per_s": speed}, step)
+            for k, v in (("lr", lr), ("grad_norm", grad_norm.item()), ("img_per_s", speed)):
+                writer.add_scalar(f"train/{k}", v, step)
             bar.update(1)
             bar.set_postfix(loss=f"{parts['total'].item():.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.1f}")
 
@@ -448,7 +449,8 @@ def train(cfg: TrainConfig) -> Path:
                     metrics, panel = validate(net, val_set, cfg, device, autocast, channels_last)
                     for k, v in metrics.items():
                         writer.add_scalar(f"val/{k}", v, step)
-                    writer.add_image("val/input_truth_prediction_boundary", panel, step)
+                    if panel is not None:
+                        writer.add_image("val/input_truth_prediction_boundary", panel, step)
                     tqdm.write(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
                     if metrics["mIoU"] > best:
                         best = metrics["mIoU"]

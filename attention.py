@@ -91,11 +91,16 @@ class LocalAttention(nn.Module):
     block neighbourhood (36 keys), keys outside the image excluded. Each head has a learnable
     bias for the relative offset (dy, dx) in [-3, 3]^2 between query and key pixel.
     Height and width must be even.
+
+    For speed the work is done per tile of TxT query pixels (T = 8 where the size allows) against
+    the (T+4)x(T+4) keys around the tile, so the matrix products are large enough to run well;
+    a per-query mask keeps each 2x2 block to its own 36 keys, so the result is exactly the
+    definition above. Projections run as matrix products on channels-last pixels.
     """
 
     block = 2                    # query block side
-    window = 6                   # key window side: 3 blocks of 2
-    span = window + block - 1    # relative offsets per axis: -3..3
+    halo = 2                     # key window reaches this far beyond the block on each side
+    span = 2 * (block + halo) - 1  # relative offsets per axis: -3..3
 
     def __init__(self, channels: int, head_dim: int = 32):
         super().__init__()
@@ -104,47 +109,54 @@ class LocalAttention(nn.Module):
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = zero_init(nn.Conv2d(channels, channels, 1))
         self.position_bias = nn.Parameter(torch.zeros(self.heads, self.span ** 2))
-        self.register_buffer("bias_index", self._relative_index(), persistent=False)
+        self._plans: dict[tuple, tuple[Tensor, ...]] = {}
 
-    @classmethod
-    def _relative_index(cls) -> Tensor:
-        """(4, 36) index into the 7x7 offset table for query pixel i and window key j."""
-        qy, qx = torch.meshgrid(torch.arange(cls.block), torch.arange(cls.block), indexing="ij")
-        ky, kx = torch.meshgrid(torch.arange(cls.window), torch.arange(cls.window), indexing="ij")
-        pad = (cls.window - cls.block) // 2                           # window starts 2 px before the block
-        dy = (ky.reshape(1, -1) - pad) - qy.reshape(-1, 1)            # (4, 36) in [-3, 3]
-        dx = (kx.reshape(1, -1) - pad) - qx.reshape(-1, 1)
-        return (dy + cls.span // 2) * cls.span + (dx + cls.span // 2)
-
-    def _windows(self, t: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, nH*nW, 36, C): each block's 6x6 key window, zero outside."""
-        pad = (self.window - self.block) // 2
-        t = F.pad(t, (pad, pad, pad, pad))
-        t = t.unfold(2, self.window, self.block).unfold(3, self.window, self.block)
-        b, c, nh, nw = t.shape[:4]                                    # (B, C, nH, nW, 6, 6)
-        return t.permute(0, 2, 3, 4, 5, 1).reshape(b, nh * nw, self.window ** 2, c)
-
-    def _key_bias(self, height: int, width: int, dtype: torch.dtype) -> Tensor:
-        """(heads, nH*nW, 4, 36) relative-position bias, -inf on keys outside the image."""
-        inside = torch.ones(1, 1, height, width, device=self.position_bias.device, dtype=dtype)
-        inside = self._windows(inside)[0, :, :, 0] > 0                # (nH*nW, 36)
-        bias = self.position_bias[:, self.bias_index].to(dtype)       # (heads, 4, 36)
-        outside = torch.zeros(inside.shape, device=inside.device, dtype=dtype)
-        outside.masked_fill_(~inside, float("-inf"))
-        return bias[:, None] + outside[None, :, None, :]             # (heads, nH*nW, 4, 36)
+    def _plan(self, height: int, width: int, tile: int, device: torch.device) -> tuple[Tensor, ...]:
+        """Index tensors for one input size (cached): where each tile's keys are in the padded
+        image, which keys fall outside the image, which keys each query may see, and each
+        query-key pair's relative-offset index."""
+        key = (height, width, tile, device)
+        if key not in self._plans:
+            s, h = tile + 2 * self.halo, self.halo
+            ty = torch.arange(0, height, tile).view(-1, 1, 1, 1)
+            tx = torch.arange(0, width, tile).view(1, -1, 1, 1)
+            sy, sx = torch.arange(s).view(1, 1, s, 1), torch.arange(s).view(1, 1, 1, s)
+            gather = ((ty + sy) * (width + 2 * h) + tx + sx).reshape(-1)   # (tiles*s*s,)
+            y, x = ty + sy - h, tx + sx - h
+            outside = ~((y >= 0) & (y < height) & (x >= 0) & (x < width)).reshape(-1, s * s)
+            qy, qx = torch.arange(tile).view(-1, 1, 1, 1), torch.arange(tile).view(1, -1, 1, 1)
+            ky, kx = sy - h, sx - h                                         # key position in tile coords
+            by, bx = qy - qy % self.block, qx - qx % self.block             # the query's block corner
+            window = ((ky >= by - h) & (ky < by + self.block + h)
+                      & (kx >= bx - h) & (kx < bx + self.block + h)).reshape(tile * tile, s * s)
+            r = self.span // 2
+            offset = ((ky - qy).clamp(-r, r) + r) * self.span + (kx - qx).clamp(-r, r) + r
+            self._plans[key] = tuple(t.to(device) for t in
+                                     (gather, outside, window, offset.reshape(tile * tile, s * s)))
+        return self._plans[key]
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        if h % self.block or w % self.block:
-            raise ValueError(f"local attention needs even height and width, got {h}x{w}")
-        nh, nw, d = h // self.block, w // self.block, c // self.heads
-        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)              # 3 x (B, C, H, W)
-        q = q.reshape(b, self.heads, d, nh, self.block, nw, self.block)
-        q = q.permute(0, 1, 3, 5, 4, 6, 2).reshape(b, self.heads, nh * nw, self.block ** 2, d)
-        k, v = (self._windows(t).reshape(b, nh * nw, self.window ** 2, self.heads, d)
-                .permute(0, 3, 1, 2, 4) for t in (k, v))              # (B, heads, nH*nW, 36, d)
-        bias = self._key_bias(h, w, q.dtype)                          # (heads, nH*nW, 4, 36)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, heads, nH*nW, 4, d)
-        y = y.reshape(b, self.heads, nh, nw, self.block, self.block, d)
-        y = y.permute(0, 1, 6, 2, 4, 3, 5).reshape(b, c, h, w)
-        return x + self.out(y)
+        b, c, height, width = x.shape
+        if height % self.block or width % self.block:
+            raise ValueError(f"local attention needs even height and width, got {height}x{width}")
+        tile = next(t for t in (8, 4, 2) if height % t == 0 and width % t == 0)
+        s, heads, d = tile + 2 * self.halo, self.heads, c // self.heads
+        nh, nw = height // tile, width // tile
+        gather, outside, window, offset = self._plan(height, width, tile, x.device)
+
+        qkv = F.linear(self.norm(x).permute(0, 2, 3, 1), self.qkv.weight.flatten(1), self.qkv.bias)  # (B, H, W, 3C)
+        q = (qkv[..., :c].reshape(b, nh, tile, nw, tile, heads, d)
+             .permute(0, 5, 1, 3, 2, 4, 6).reshape(b, heads, nh * nw, tile * tile, d))
+        kv = F.pad(qkv[..., c:], (0, 0, self.halo, self.halo, self.halo, self.halo))  # (B, H+4, W+4, 2C)
+        kv = kv.flatten(1, 2)[:, gather]                                     # (B, tiles*s*s, 2C)
+        k, v = kv.reshape(b, nh * nw, s * s, 2, heads, d).permute(3, 0, 4, 1, 2, 5).unbind(0)
+        bias = self.position_bias[:, offset].masked_fill(~window, float("-inf"))  # (heads, T*T, s*s)
+        bias = bias[:, None] + torch.zeros_like(outside, dtype=bias.dtype).masked_fill(
+            outside, float("-inf"))[None, :, None]                          # (heads, tiles, T*T, s*s)
+        scores = (q * d ** -0.5) @ k.transpose(-1, -2) + bias.to(q.dtype)   # (B, heads, tiles, T*T, s*s)
+        y = scores.softmax(-1) @ v                                          # (B, heads, tiles, T*T, d)
+        y = y.reshape(b, heads, nh, nw, tile, tile, d).permute(0, 2, 4, 3, 5, 1, 6).reshape(b, height, width, c)
+        y = F.linear(y, self.out.weight.flatten(1), self.out.bias).permute(0, 3, 1, 2)  # (B, C, H, W)
+        # keep the caller's memory format: a channels-last tensor here slows NCHW convs after it
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        return x + y.contiguous(memory_format=layout)

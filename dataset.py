@@ -221,6 +221,25 @@ def read_image(path: Path, min_side: int | None = None) -> DecodedImage:
     return DecodedImage(rgb, size, scale)
 
 
+def prepare_whole_image(image: Image.Image | DecodedImage, image_size: int, size_multiple: int,
+                        mean: tuple[float, float, float], std: tuple[float, float, float]
+                        ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An RGB photo -> ((3, Hp, Wp) float32 model input, (h, w) before padding), as "whole" mode and
+    predict.py feed it: scaled by image_size / min(W, H) (the training scale, so objects keep their
+    trained size), normalised, padded bottom/right with 0 (the mean colour) to a multiple of
+    size_multiple. A DecodedImage from read_image may be draft-decoded; its scale is honoured."""
+    decoded = image if isinstance(image, DecodedImage) else DecodedImage(image, image.size, 1.0)
+    width, height = decoded.original_size
+    zoom = image_size / min(width, height)
+    out_w, out_h = max(1, round(width * zoom)), max(1, round(height * zoom))
+    box = (0, 0, width * decoded.scale, height * decoded.scale)  # the whole photo, in decoded pixels
+    resized = decoded.image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)
+    pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float().div_(255)  # (3, h, w) in [0, 1]
+    normalised = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    pad = (0, -out_w % size_multiple, 0, -out_h % size_multiple)
+    return F.pad(normalised, pad), (out_h, out_w)  # (3, Hp, Wp)
+
+
 def _size_mismatch(pair: Pair, image_size: tuple[int, int], mask_shape: tuple[int, ...]) -> str:
     return (f"{pair.mask}: mask is {mask_shape[1]}x{mask_shape[0]} but its photo {pair.image} "
             f"is {image_size[0]}x{image_size[1]}")
@@ -324,6 +343,8 @@ class FashionDataset(torch.utils.data.Dataset):
         width, height = decoded.original_size
         if labels.shape != (height, width):
             raise DataError(_size_mismatch(pair, decoded.original_size, labels.shape))
+        if self.mode == "whole":
+            return self._whole_sample(decoded, labels, index)
         box, out_size = self._geometry(width, height, rng)
         # the same box in both coordinate systems keeps photo and mask pixel-aligned
         image = decoded.image.resize(out_size, Image.Resampling.BILINEAR,
@@ -333,17 +354,25 @@ class FashionDataset(torch.utils.data.Dataset):
         mask_t = torch.from_numpy(np.array(mask)).long()  # (h, w)
         if self.mode == "random_strip":
             image_t, mask_t = self._augment(image_t, mask_t, rng)
-        sample = {"image": (image_t - self._mean) / self._std, "mask": mask_t,
-                  "boundary": boundary_target(mask_t), "index": torch.tensor(index, dtype=torch.int64)}
-        return self._pad(sample) if self.mode == "whole" else sample
+        return {"image": (image_t - self._mean) / self._std, "mask": mask_t,
+                "boundary": boundary_target(mask_t), "index": torch.tensor(index, dtype=torch.int64)}
+
+    def _whole_sample(self, decoded: DecodedImage, labels: np.ndarray, index: int) -> dict[str, torch.Tensor]:
+        """The photo through prepare_whole_image; the mask at the same size, padded with IGNORE_INDEX,
+        and its boundary padded with 0 (it is computed on the unpadded mask)."""
+        image, (height, width) = prepare_whole_image(decoded, self.image_size, self.size_multiple,
+                                                     self.mean, self.std)  # (3, Hp, Wp)
+        mask = Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST)
+        mask_t = torch.from_numpy(np.array(mask)).long()  # (h, w)
+        pad = (0, image.shape[-1] - width, 0, image.shape[-2] - height)
+        return {"image": image, "mask": F.pad(mask_t, pad, value=IGNORE_INDEX),  # (Hp, Wp)
+                "boundary": F.pad(boundary_target(mask_t), pad), "index": torch.tensor(index, dtype=torch.int64),
+                "valid_hw": torch.tensor([height, width], dtype=torch.int64)}
 
     def _geometry(self, width: int, height: int, rng: np.random.Generator
                   ) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
-        """-> (crop box in original pixels, output (w, h))."""
+        """Strip modes -> (crop box in original pixels, output (w, h))."""
         side = min(width, height)
-        if self.mode == "whole":
-            zoom = self.image_size / side  # the training scale, so objects keep their trained size
-            return (0, 0, width, height), (max(1, round(width * zoom)), max(1, round(height * zoom)))
         slack = max(width, height) - side
         offset = int(rng.integers(0, slack + 1)) if self.mode == "random_strip" else slack // 2
         box = (0, offset, width, offset + side) if height >= width else (offset, 0, offset + side, height)
@@ -363,17 +392,6 @@ class FashionDataset(torch.utils.data.Dataset):
             grey_map = (image * luma).sum(0, keepdim=True)  # (1, S, S)
             image = ((image - grey_map) * saturation + grey_map).clamp_(0, 1)
         return image, mask
-
-    def _pad(self, sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Pad bottom/right to a multiple of size_multiple: image with 0 (the mean colour), mask with
-        IGNORE_INDEX, boundary with 0 (it was computed on the unpadded mask)."""
-        height, width = sample["mask"].shape
-        pad = (0, -width % self.size_multiple, 0, -height % self.size_multiple)
-        sample["image"] = F.pad(sample["image"], pad)  # (3, Hp, Wp)
-        sample["mask"] = F.pad(sample["mask"], pad, value=IGNORE_INDEX)  # (Hp, Wp)
-        sample["boundary"] = F.pad(sample["boundary"], pad)  # (Hp, Wp)
-        sample["valid_hw"] = torch.tensor([height, width], dtype=torch.int64)
-        return sample
 
 
 # ---------------------------------------------------------------------------------- data check

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import time
 import typing
@@ -34,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -87,6 +90,7 @@ class TrainConfig:
     min_lr_ratio: float = arg(0.1, "final learning rate as a fraction of the peak (linear/cosine)")
     weight_decay: float = arg(0.0, "AdamW weight decay on conv weights (published: Adam, none)")
     max_grad_norm: float = arg(1.0, "gradient clipping norm (0 = off)")
+    max_bad_steps: int = arg(10, "stop after this many steps in a row with a non-finite loss or gradient")
     mixed_precision: str = arg("no", "autocast dtype on CUDA", choices=["no", "fp16", "bf16"])
     gradient_checkpointing: bool = arg(False, "recompute activations: less memory, more time")
     compile: bool = arg(False, "torch.compile the model")
@@ -159,6 +163,56 @@ def check_config(cfg: TrainConfig, given: dict) -> None:
         raise ValueError("give a positive --epochs or --max_steps")
 
 
+# ---- processes and signals ---------------------------------------------------------------------
+
+class Dist(typing.NamedTuple):
+    """This process's place in a torchrun job (rank 0 of 1 for plain `python run.py`)."""
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(cfg: TrainConfig) -> tuple[Dist, torch.device]:
+    """Join the torchrun process group when there is one (NCCL on CUDA, Gloo on the CPU)."""
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {cfg.device}: CUDA is not available on this machine")
+    world = int(os.environ.get("WORLD_SIZE", "1"))   # set by torchrun
+    if world == 1:
+        return Dist(), torch.device(device)
+    if device.startswith("cuda"):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Dist(dist.get_rank(), world), torch.device(device)
+
+
+def all_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world > 1:
+        dist.all_reduce(t)
+    return t
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so it can save first."""
+
+    def __init__(self):
+        self.signal = 0
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal:            # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signal = signum
+        tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
+
+
 # ---- model, stage and optimizer ----------------------------------------------------------------
 
 def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
@@ -208,15 +262,17 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
 
 
-def epoch_windows(num_images: int, cfg: TrainConfig, epoch: int) -> list[list[list[int]]]:
-    """An epoch as optimizer steps, each a list of micro-batches of image indices.
+def epoch_windows(num_images: int, cfg: TrainConfig, epoch: int, world: int = 1) -> list[list[list[int]]]:
+    """An epoch as optimizer steps, each a list of micro-batches of image indices (over all
+    `world` processes: process r takes batch[r::world]).
 
     The order depends only on (seed, epoch), so a resumed run sees the same batches. The last
     step of an epoch may hold fewer micro-batches (and its last one fewer images): it is kept.
     """
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
     order = torch.randperm(num_images, generator=g).tolist()
-    batches = [order[i:i + cfg.batch_size] for i in range(0, num_images, cfg.batch_size)]
+    size = cfg.batch_size * world
+    batches = [order[i:i + size] for i in range(0, num_images, size)]
     k = cfg.gradient_accumulation_steps
     return [batches[i:i + k] for i in range(0, len(batches), k)]
 
@@ -224,14 +280,19 @@ def epoch_windows(num_images: int, cfg: TrainConfig, epoch: int) -> list[list[li
 # ---- checkpoints -------------------------------------------------------------------------------
 
 def save_atomic(payload: dict, path: Path) -> None:
-    """Write to a temporary file, flush it to disk, then rename: a kill never leaves half a file."""
+    """Write to a temporary file, flush it to disk, then rename: a kill or a full disk never
+    leaves half a file in place of a good one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"could not write {path} ({e.strerror or e}); earlier checkpoints are untouched") from e
 
 
 def step_checkpoints(output_dir: Path) -> list[Path]:
@@ -251,13 +312,12 @@ def resume_path(cfg: TrainConfig) -> Path | None:
 
 
 def training_state(model, optimizer, scaler, cfg: TrainConfig, stage: str, step: int, epoch: int,
-                   window: int, best: float) -> dict:
+                   epoch_images: int, best: float) -> dict:
     """Everything needed to continue the run exactly; plain data for weights_only loading."""
     return {**model_checkpoint(model), "train_config": dataclasses.asdict(cfg), "stage": stage,
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "step": step, "epoch": epoch, "window": window, "best_miou": best,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+            "step": step, "epoch": epoch, "epoch_images": epoch_images, "best_miou": best,
+            "rng": {"torch": torch.get_rng_state()}}
 
 
 def save_step_checkpoint(state: dict, output_dir: Path, limit: int) -> Path:
@@ -301,26 +361,27 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[t
 
 @torch.no_grad()
 def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.device, autocast,
-             channels_last: bool) -> tuple[dict[str, float], torch.Tensor | None]:
-    """Validation loss, pixel accuracy and mIoU over the whole set; a (3, H, W) uint8 panel."""
+             channels_last: bool, d: Dist = Dist()) -> tuple[dict[str, float], torch.Tensor | None]:
+    """Validation loss, pixel accuracy and mIoU over the whole set (each process scores its
+    share; the sums are added up); a (3, H, W) uint8 panel from the first images."""
     model.eval()
-    batches = [list(range(i, min(i + cfg.batch_size, len(dataset))))
-               for i in range(0, len(dataset), cfg.batch_size)]
+    mine = list(range(d.rank, len(dataset), d.world))
+    batches = [mine[i:i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
     num_labels = unwrap(model).config.num_labels
     cm = torch.zeros(num_labels, num_labels, dtype=torch.int64, device=device)
-    loss_sum, rows = 0.0, []
+    loss_sum, rows = torch.zeros((), device=device, dtype=torch.float64), []
     for batch in make_loader(dataset, cfg, batches, device):
         image, mask, boundary = to_device(batch, device, channels_last)
         with autocast:
             out = model(image)
             loss, _ = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, cfg.loss)
-        loss_sum += loss.item() * len(image)
+        loss_sum += loss.double() * len(image)
         pred = out.mask_logits.argmax(1)                                   # (B, H, W)
         cm += confusion_matrix(pred, mask, num_labels)
         if len(rows) < cfg.val_panels:
             rows += panel_rows(batch["image"], mask, pred, out.boundary_logits, dataset)[:cfg.val_panels - len(rows)]
     model.train()
-    cm = cm.cpu()
+    cm, loss_sum = all_sum(cm, d).cpu(), all_sum(loss_sum, d).item()
     metrics = {"loss": loss_sum / len(dataset), "pixel_accuracy": pixel_accuracy(cm), "mIoU": mean_iou(cm)}
     return metrics, torch.cat(rows, dim=1) if rows else None
 
@@ -337,88 +398,87 @@ def panel_rows(image, mask, pred, boundary_logits, dataset: FashionDataset) -> l
 
 # ---- the training loop -------------------------------------------------------------------------
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
+def accumulate_gradients(net, batches, count: int, images: int, loss_config: LossConfig, device: torch.device,
+                         autocast, scaler: torch.amp.GradScaler, channels_last: bool,
+                         world: int = 1) -> dict[str, torch.Tensor]:
+    """Forward and backward over `count` micro-batches drawn from `batches`: one optimizer step.
 
-
-def accumulate_gradients(net, micro_batches, images: int, loss_config: LossConfig, device: torch.device,
-                         autocast, scaler: torch.amp.GradScaler, channels_last: bool) -> dict[str, torch.Tensor]:
-    """Forward and backward over one optimizer step's micro-batches (`images` in all).
-
-    Each micro-batch's loss is weighted by its share of the images, so the summed gradient is
-    the mean over all of them however they were split (an uneven last step included): batch 4
-    gives the same gradient as 2 micro-batches of 2. Returns the loss parts, weighted alike.
+    `images` counts the step's images over all processes. Each micro-batch's loss is weighted by
+    its share of them, so the summed gradient is the mean over all of them however they were
+    split (an uneven last step included): batch 4 gives the gradient of 2 micro-batches of 2.
+    DistributedDataParallel averages over processes, hence the factor `world`; it synchronises
+    only on the last micro-batch. Returns this process's loss parts, weighted alike.
     """
     parts = {}
-    for batch in micro_batches:
-        image, mask, boundary = to_device(batch, device, channels_last)
+    for i in range(count):
+        image, mask, boundary = to_device(next(batches), device, channels_last)
         share = len(image) / images
-        with autocast:
+        sync = world == 1 or i == count - 1
+        with nullcontext() if sync else net.no_sync(), autocast:
             out = net(image)
             loss, loss_parts = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary,
                                                  loss_config)
-        scaler.scale(loss * share).backward()
+        with nullcontext() if sync else net.no_sync():
+            scaler.scale(loss * (share * world)).backward()
         for k, v in loss_parts.items():
             parts[k] = parts.get(k, 0.0) + v * share
     return parts
 
 
+def restore(cfg: TrainConfig, device: torch.device):
+    """The model, its stage and the checkpoint to resume (None when starting a stage)."""
+    resume = resume_path(cfg)
+    if not resume:
+        model, stage = build_model(cfg)
+        return model.to(device), stage, None
+    ckpt = read_checkpoint(resume)
+    model = UNet(UNetConfig.from_dict(ckpt["model_config"]))
+    load_state(model, ckpt["model"], str(resume))
+    log.info("resuming %s at step %d (epoch %d)", resume, ckpt["step"], ckpt["epoch"])
+    return model.to(device), ckpt["stage"], ckpt
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) one training stage; returns the path of the final weights."""
+    d, device = setup(cfg)
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
     if cfg.mixed_precision == "fp16" and device.type != "cuda":
         raise ValueError("--mixed_precision fp16 needs CUDA (bf16 works on the CPU too)")
     output_dir = Path(cfg.output_dir)
-    resume = resume_path(cfg)
-    if resume:
-        ckpt = read_checkpoint(resume)
-        model, stage = UNet(UNetConfig.from_dict(ckpt["model_config"])), ckpt["stage"]
-        load_state(model, ckpt["model"], str(resume))
-    else:
-        model, stage = build_model(cfg)
+    model, stage, ckpt = restore(cfg, device)
     channels_last = device.type == "cuda"
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     model.set_gradient_checkpointing(cfg.gradient_checkpointing)
     optimizer = make_optimizer(model, stage, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
-    step, epoch, window, best = 0, 0, 0, -1.0
-    if resume:
+    step, epoch, epoch_images, best = 0, 0, 0, -1.0
+    if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        step, epoch, window, best = ckpt["step"], ckpt["epoch"], ckpt["window"], ckpt["best_miou"]
+        step, epoch, epoch_images, best = ckpt["step"], ckpt["epoch"], ckpt["epoch_images"], ckpt["best_miou"]
         torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        log.info("resuming %s at step %d (epoch %d)", resume, step, epoch)
 
     train_set, val_set = make_datasets(cfg, model)
-    steps_per_epoch = len(epoch_windows(len(train_set), cfg, 0))
-    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    net = torch.compile(model) if cfg.compile else model
+    step_images = cfg.batch_size * cfg.gradient_accumulation_steps * d.world
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(train_set) / step_images))
+    net = DistributedDataParallel(model) if d.world > 1 else model
+    net = torch.compile(net) if cfg.compile else net
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     trained = [p for p in model.parameters() if p.requires_grad]
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.json").write_text(json.dumps(
-        {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.config), "stage": stage}, indent=2))
-    writer = SummaryWriter(str(output_dir / "tensorboard"))
+    writer = start_logging(cfg, model, stage, output_dir) if d.main else None
     log.info("%s: %d training / %d validation images, stage %r (%.2f M trained parameters), "
-             "%d steps of %d images on %s", cfg.data_dir, len(train_set), len(val_set or []), stage,
-             sum(p.numel() for p in trained) / 1e6, total_steps,
-             cfg.batch_size * cfg.gradient_accumulation_steps, device)
+             "%d steps of %d images on %s x %d", cfg.data_dir, len(train_set), len(val_set or []), stage,
+             sum(p.numel() for p in trained) / 1e6, total_steps, step_images, device, d.world)
 
-    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True)
-    metrics = {}
+    stop, bad_steps, metrics = StopRequest(), 0, {}
+    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, disable=not d.main)
     while step < total_steps:
         train_set.set_epoch(epoch)
-        windows = epoch_windows(len(train_set), cfg, epoch)[window:]
-        batches = iter(make_loader(train_set, cfg, [b for w in windows for b in w], device))
+        windows = epoch_windows(len(train_set), cfg, epoch, d.world)[epoch_images // step_images:]
+        mine = [b[d.rank::d.world] for w in windows for b in w]   # this process's share of each micro-batch
+        batches = iter(make_loader(train_set, cfg, mine, device))
         for micro_batches in windows:
             if step >= total_steps:
                 break
@@ -427,46 +487,81 @@ def train(cfg: TrainConfig) -> Path:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             images = sum(len(b) for b in micro_batches)
-            parts = accumulate_gradients(net, (next(batches) for _ in micro_batches), images, cfg.loss,
-                                         device, autocast, scaler, channels_last)
+            parts = accumulate_gradients(net, batches, len(micro_batches), images, cfg.loss, device, autocast,
+                                         scaler, channels_last, d.world)
+            parts = {k: all_sum(v.detach().clone(), d) for k, v in parts.items()}
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm or math.inf)
-            scaler.step(optimizer)
+            finite = torch.isfinite(parts["total"]) and (scaler.is_enabled() or torch.isfinite(grad_norm))
+            if finite:
+                scaler.step(optimizer)            # with fp16, skips itself on overflowing gradients
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            step, window = step + 1, window + 1
+            step, epoch_images = step + 1, epoch_images + images
+            bad_steps = 0 if finite else bad_steps + 1
+            if not finite:
+                report = ", ".join(f"{k} {v.item():.4g}" for k, v in parts.items())
+                log.warning("step %d: non-finite loss or gradient (%s, grad norm %.4g): step skipped",
+                            step, report, grad_norm.item())
+                if bad_steps >= cfg.max_bad_steps:
+                    raise FloatingPointError(
+                        f"step {step}: {bad_steps} steps in a row with a non-finite loss or gradient "
+                        f"({report}); stopping. The last good checkpoint is in {output_dir / 'checkpoints'}")
 
-            speed = images / (time.perf_counter() - t0)
-            for k, v in parts.items():
-                writer.add_scalar(f"train/{k}", v.item(), step)
-            for k, v in (("lr", lr), ("grad_norm", grad_norm.item()), ("img_per_s", speed)):
-                writer.add_scalar(f"train/{k}", v, step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{parts['total'].item():.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.1f}")
+            if d.main:
+                speed = images / (time.perf_counter() - t0)
+                for k, v in [*((k, v.item()) for k, v in parts.items()),
+                             ("lr", lr), ("grad_norm", grad_norm.item()), ("img_per_s", speed)]:
+                    writer.add_scalar(f"train/{k}", v, step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{parts['total'].item():.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.1f}")
 
-            if step % cfg.checkpointing_steps == 0 or step == total_steps:
+            stopping = bool(all_sum(torch.tensor([stop.signal], device=device), d).item())
+            if step % cfg.checkpointing_steps == 0 or step == total_steps or stopping:
                 if val_set is not None:
-                    metrics, panel = validate(net, val_set, cfg, device, autocast, channels_last)
-                    for k, v in metrics.items():
-                        writer.add_scalar(f"val/{k}", v, step)
-                    if panel is not None:
-                        writer.add_image("val/input_truth_prediction_boundary", panel, step)
-                    tqdm.write(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
-                    if metrics["mIoU"] > best:
-                        best = metrics["mIoU"]
-                        save_atomic({**model_checkpoint(model), "train_config": dataclasses.asdict(cfg),
-                                     "stage": stage, "step": step, "val": metrics}, output_dir / "best.pt")
-                save_step_checkpoint(training_state(model, optimizer, scaler, cfg, stage, step, epoch,
-                                                    window, best), output_dir, cfg.checkpoints_total_limit)
+                    metrics, panel = validate(net, val_set, cfg, device, autocast, channels_last, d)
+                    if d.main:
+                        best = log_validation(writer, metrics, panel, step, best, model, cfg, stage, output_dir)
+                if d.main:
+                    save_step_checkpoint(training_state(model, optimizer, scaler, cfg, stage, step, epoch,
+                                                        epoch_images, best), output_dir, cfg.checkpoints_total_limit)
+            if stopping:
+                raise SystemExit(f"stopped by a signal at step {step}; continue with --resume latest")
         else:
-            epoch, window = epoch + 1, 0
+            epoch, epoch_images = epoch + 1, 0
     bar.close()
-    writer.close()
 
     final = output_dir / cfg.output_file_name
-    save_atomic({**model_checkpoint(model), "train_config": dataclasses.asdict(cfg), "stage": stage,
-                 "step": step, "val": metrics}, final)
+    if d.main:
+        writer.close()
+        save_atomic({**model_checkpoint(model), "train_config": dataclasses.asdict(cfg), "stage": stage,
+                     "step": step, "val": metrics}, final)
+    if d.world > 1:
+        dist.destroy_process_group()
     return final
+
+
+def start_logging(cfg: TrainConfig, model: UNet, stage: str, output_dir: Path) -> SummaryWriter:
+    """config.json and the TensorBoard writer; fails early when the folder is not writable."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.json").write_text(json.dumps(
+        {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.config), "stage": stage}, indent=2))
+    return SummaryWriter(str(output_dir / "tensorboard"))
+
+
+def log_validation(writer: SummaryWriter, metrics: dict, panel, step: int, best: float, model: UNet,
+                   cfg: TrainConfig, stage: str, output_dir: Path) -> float:
+    """TensorBoard scalars and panel, a console line, and best.pt when mIoU improved."""
+    for k, v in metrics.items():
+        writer.add_scalar(f"val/{k}", v, step)
+    if panel is not None:
+        writer.add_image("val/input_truth_prediction_boundary", panel, step)
+    tqdm.write(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
+    if metrics["mIoU"] <= best:
+        return best
+    save_atomic({**model_checkpoint(model), "train_config": dataclasses.asdict(cfg),
+                 "stage": stage, "step": step, "val": metrics}, output_dir / "best.pt")
+    return metrics["mIoU"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -474,11 +569,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(argv)
     try:
         final = train(cfg)
-    except (DataError, CheckpointError) as e:
+    except (DataError, CheckpointError, FloatingPointError, OSError) as e:
         sys.exit(f"error: {e}")
-    print(f"\nfinal weights: {final}\ncheckpoints:   {Path(cfg.output_dir) / 'checkpoints'}"
-          f"\nTensorBoard:   tensorboard --logdir {Path(cfg.output_dir) / 'tensorboard'}"
-          f"\nevaluate:      python evaluate.py --checkpoint {final} --data_dir {cfg.data_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"\nfinal weights: {final}\ncheckpoints:   {Path(cfg.output_dir) / 'checkpoints'}"
+              f"\nTensorBoard:   tensorboard --logdir {Path(cfg.output_dir) / 'tensorboard'}"
+              f"\nevaluate:      python evaluate.py --checkpoint {final} --data_dir {cfg.data_dir}")
 
 
 if __name__ == "__main__":

@@ -102,13 +102,14 @@ def plain_local_attention(module: LocalAttention, x: torch.Tensor) -> torch.Tens
     return x + module.out(attended)
 
 
-def test_local_attention_equals_the_plain_definition():
+@pytest.mark.parametrize("size", [(6, 10), (12, 20), (16, 24)])   # tiles of 2, 4 and 8 pixels
+def test_local_attention_equals_the_plain_definition(size):
     torch.manual_seed(0)
     module = LocalAttention(8, head_dim=4).double()
     with torch.no_grad():   # make every part matter: random bias, full-size output projection
         module.position_bias.normal_()
         module.out.weight.normal_(std=0.5)
-    x1 = torch.randn(2, 8, 6, 10, dtype=torch.float64, requires_grad=True)
+    x1 = torch.randn(2, 8, *size, dtype=torch.float64, requires_grad=True)
     x2 = x1.detach().clone().requires_grad_(True)
     fast = module(x1)
     grads_fast = torch.autograd.grad(fast.square().sum(), [x1, *module.parameters()])

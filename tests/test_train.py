@@ -103,8 +103,8 @@ def test_gradient_accumulation_matches_the_large_batch(data_dir):
     grads = []
     for split in ([samples], [samples[:2], samples[2:]], [samples[:3], samples[3:]]):
         model.zero_grad()
-        parts = run.accumulate_gradients(model, [default_collate(s) for s in split], 4, LossConfig(), cpu,
-                                         torch.autocast("cpu", enabled=False), scaler, False)
+        parts = run.accumulate_gradients(model, iter([default_collate(s) for s in split]), len(split), 4,
+                                         LossConfig(), cpu, torch.autocast("cpu", enabled=False), scaler, False)
         grads.append(([p.grad.clone() for p in model.parameters()], parts["total"]))
     (big, big_loss), *others = grads
     for small, small_loss in others:
@@ -131,7 +131,7 @@ def test_checkpoint_limit_and_outputs(data_dir, tmp_path):
     assert final == out / "model.pt" and (out / "best.pt").is_file() and (out / "config.json").is_file()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     ckpt = read_checkpoint(out / "checkpoints" / "step-0000005.pt")
-    for key in ("optimizer", "scaler", "train_config", "rng", "epoch", "window", "best_miou", "stage"):
+    for key in ("optimizer", "scaler", "train_config", "rng", "epoch", "epoch_images", "best_miou", "stage"):
         assert key in ckpt, key
     assert not list(out.rglob("*.tmp"))
 

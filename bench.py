@@ -1,0 +1,258 @@
+"""Speed and memory, measured side by side in one run, against this machine's own yardstick.
+
+    python bench.py                    # everything, about 5-10 minutes on a 2-core CPU
+    python bench.py --out bench.json   # also write the figures as JSON
+
+Figures: the fp32 matrix-multiply rate (the yardstick); a training step (forward, loss,
+backward, AdamW) of a 32-wide model at 256x256, batch 2, with FLOPs counted by
+torch.utils.flop_counter, and the same with local attention on every decoder level; inference
+per image at 512x512 (512_96) beside boundary post-processing on one core; data loading per
+worker beside merely decoding the JPEGs; peak memory of a 512_96 training step at 512x512 with
+and without gradient checkpointing; on CUDA, the 512_96 bf16 step with and without
+torch.compile and the attention kernels it runs on.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from dataset import FashionDataset, boundary_target, write_synthetic_dataset
+from losses import LossConfig, segmentation_loss
+from postprocess import postprocess
+from unet import PRESETS, UNet, UNetConfig
+
+WIDE32 = dataclasses.replace(PRESETS["tiny"], features=(32, 64, 128, 256), bottleneck_features=512,
+                             image_size=256)
+BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}   # dense, per card
+
+
+def timed(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of fn() in seconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of one n x n matrix multiply: the yardstick."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n ** 3 / timed(lambda: a @ b, repeats) / 1e9
+
+
+def fake_batch(batch: int, size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Random images with blocky label maps, so the boundary term sees real edges."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(batch, 3, size, size, generator=g)
+    coarse = torch.randint(0, 24, (batch, 1, size // 16, size // 16), generator=g).float()
+    mask = torch.nn.functional.interpolate(coarse, size=(size, size), mode="nearest")[:, 0].long()
+    return image.to(device), mask.to(device), boundary_target(mask).to(device)
+
+
+def train_step(config: UNetConfig, size: int, batch: int, repeats: int, device=torch.device("cpu"),
+               autocast_dtype=None, compile: bool = False, checkpointing: bool = False) -> dict:
+    """Seconds per training step and the FLOPs of its forward + backward."""
+    torch.manual_seed(0)
+    model = UNet(config).to(device)
+    model.set_gradient_checkpointing(checkpointing)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if compile else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    image, mask, boundary = fake_batch(batch, size, device)
+    loss_config = LossConfig()
+
+    def step():
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = net(image)
+            loss, _ = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, loss_config)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = model(image)
+            loss, _ = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, loss_config)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    seconds = timed(step, repeats, warmup=3 if compile else 1)
+    return {"seconds": seconds, "flops": counter.get_total_flops(), "images_per_s": batch / seconds}
+
+
+def inference_time(config: UNetConfig, size: int, repeats: int) -> float:
+    model = UNet(config).eval()
+    image = torch.randn(1, 3, size, size)
+    with torch.inference_mode():
+        return timed(lambda: model(image), repeats)
+
+
+def realistic_outputs(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and boundary like a decent model's: smooth label regions, blurred, noisy."""
+    from scipy import ndimage
+    rng = np.random.default_rng(seed)
+    labels = ndimage.zoom(rng.integers(0, 24, (size // 32, size // 32)), 32, order=0)
+    logits = np.eye(24, dtype=np.float32)[labels].transpose(2, 0, 1) * 4
+    logits = ndimage.gaussian_filter(logits, (0, 2, 2)) + rng.normal(0, 1, logits.shape).astype(np.float32)
+    probs = np.exp(logits - logits.max(0))
+    probs /= probs.sum(0)
+    edges = boundary_target(torch.from_numpy(labels)).numpy()
+    boundary = np.clip(ndimage.gaussian_filter(edges, 1) * 2 + rng.normal(0, 0.1, edges.shape), 0, 1)
+    return probs.astype(np.float32), boundary.astype(np.float32)
+
+
+def postprocess_time(size: int, repeats: int) -> float:
+    """Seconds per image; numpy and scipy.ndimage run these operations on one core."""
+    probs, boundary = realistic_outputs(size)
+    return timed(lambda: postprocess(probs, boundary), repeats)
+
+
+def loading_rates(folder: Path, count: int) -> dict:
+    """Samples per second in one process (= per worker) beside decoding the same JPEGs fully."""
+    write_synthetic_dataset(folder, count, seed=0)
+    paths = sorted((folder / "images").glob("*.jpg"))
+
+    def decode_all():
+        for p in paths:
+            with Image.open(p) as im:
+                np.asarray(im.convert("RGB"))
+
+    result = {"decode_full_per_s": len(paths) / timed(decode_all, 3)}
+    for size in (512, 256):
+        ds = FashionDataset(folder, "all", image_size=size, mode="random_strip", color_jitter=0.1)
+        result[f"samples_{size}_per_s"] = len(ds) / timed(lambda: [ds[i] for i in range(len(ds))], 3)
+    return result
+
+
+def _peak_rss_child(queue, checkpointing: bool) -> None:
+    train_step(PRESETS["512_96"], 512, 1, repeats=1, checkpointing=checkpointing)
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def peak_memory(checkpointing: bool) -> float:
+    """Peak bytes of a 512_96 training step at 512x512, batch 1: CUDA allocator or process RSS."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        train_step(PRESETS["512_96"], 512, 1, 1, torch.device("cuda"), torch.bfloat16, checkpointing=checkpointing)
+        return torch.cuda.max_memory_allocated()
+    ctx = multiprocessing.get_context("spawn")   # a fresh process: RSS peaks never go down
+    queue = ctx.Queue()
+    child = ctx.Process(target=_peak_rss_child, args=(queue, checkpointing))
+    child.start()
+    peak = queue.get()
+    child.join()
+    return peak
+
+
+def cuda_figures(repeats: int) -> dict:
+    """512_96 at 512x512 in bf16: images/s and model FLOP utilisation, eager and compiled."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
+    result = {"device": name}
+    batch = 8
+    for compiled in (False, True):
+        step = train_step(PRESETS["512_96"], 512, batch, repeats, device, torch.bfloat16, compile=compiled)
+        key = "compiled" if compiled else "eager"
+        result[key] = {**step, "mfu": step["flops"] / step["seconds"] / peak if peak else None}
+    # The attention must run on a fused kernel: allow only those and see that nothing fails.
+    model = UNet(dataclasses.replace(PRESETS["256_64_la"], local_attention_levels=(2, 3))).to(device)
+    image = torch.randn(2, 3, 256, 256, device=device)
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        try:
+            with sdpa_kernel([backend]), torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
+                model(image)
+            result[f"attention_runs_on_{backend.name.lower()}"] = True
+        except RuntimeError:
+            result[f"attention_runs_on_{backend.name.lower()}"] = False
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
+    parser.add_argument("--out", default="", help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    r = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                    f"torch {torch.__version__}"}
+    rows = []
+
+    r["matmul_gflops"] = matmul_rate(repeats=args.repeats)
+    rows.append(("fp32 matmul 2048x2048 (yardstick)", f"{r['matmul_gflops']:.1f} GFLOP/s"))
+
+    la = dataclasses.replace(WIDE32, local_attention_levels=(0, 1, 2, 3))
+    r["train_step"] = train_step(WIDE32, 256, 2, args.repeats)
+    r["train_step_local_attention"] = train_step(la, 256, 2, args.repeats)
+    for key, label in (("train_step", "train step, 32-wide, 256x256, batch 2"),
+                       ("train_step_local_attention", "  same, local attention on every level")):
+        s = r[key]
+        s["gflops_per_s"] = s["flops"] / s["seconds"] / 1e9
+        s["fraction_of_matmul"] = s["gflops_per_s"] / r["matmul_gflops"]
+        rows.append((label, f"{s['seconds'] * 1000:.0f} ms/step, {s['flops'] / 1e9:.1f} GFLOP, "
+                            f"{s['gflops_per_s']:.1f} GFLOP/s = {s['fraction_of_matmul']:.0%} of matmul"))
+    r["local_attention_time_ratio"] = r["train_step_local_attention"]["seconds"] / r["train_step"]["seconds"]
+    r["local_attention_flop_ratio"] = r["train_step_local_attention"]["flops"] / r["train_step"]["flops"]
+    rows.append(("  local attention: time ratio / FLOP ratio",
+                 f"{r['local_attention_time_ratio']:.2f}x / {r['local_attention_flop_ratio']:.2f}x"))
+
+    r["inference_512_96_s"] = inference_time(PRESETS["512_96"], 512, max(2, args.repeats // 2))
+    r["postprocess_512_s"] = postprocess_time(512, args.repeats)
+    rows.append(("inference 512_96, 512x512, per image", f"{r['inference_512_96_s']:.2f} s"))
+    rows.append(("post-processing 512x512, one core", f"{r['postprocess_512_s']:.3f} s = "
+                 f"{r['postprocess_512_s'] / r['inference_512_96_s']:.1%} of inference"))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        r["loading"] = loading_rates(Path(tmp), 24)
+    d = r["loading"]
+    rows.append(("decode 750x1101 JPEG, full size", f"{d['decode_full_per_s']:.1f} images/s"))
+    for size in (512, 256):
+        rate = d[f"samples_{size}_per_s"]
+        rows.append((f"  training sample at {size}, one worker",
+                     f"{rate:.1f} samples/s = {d['decode_full_per_s'] / rate:.2f}x the decode time"))
+
+    r["peak_memory"] = {"plain": peak_memory(False), "checkpointing": peak_memory(True)}
+    where = "CUDA allocator" if torch.cuda.is_available() else "process RSS"
+    rows.append((f"512_96 train step 512x512 batch 1, peak ({where})",
+                 f"{r['peak_memory']['plain'] / 2**30:.2f} GiB, with checkpointing "
+                 f"{r['peak_memory']['checkpointing'] / 2**30:.2f} GiB"))
+
+    if torch.cuda.is_available():
+        r["cuda"] = cuda_figures(args.repeats)
+        for key in ("eager", "compiled"):
+            c = r["cuda"][key]
+            mfu = f"{c['mfu']:.0%}" if c["mfu"] else "unknown peak"
+            rows.append((f"CUDA 512_96 bf16 512x512 batch 8, {key}", f"{c['images_per_s']:.1f} images/s, MFU {mfu}"))
+        rows.append(("CUDA attention kernels (flash, efficient)",
+                     f"{r['cuda']['attention_runs_on_flash_attention']}, "
+                     f"{r['cuda']['attention_runs_on_efficient_attention']}"))
+
+    width = max(len(k) for k, _ in rows)
+    print(f"bench on {r['machine']}")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(r, indent=2))
+
+
+if __name__ == "__main__":
+    main()

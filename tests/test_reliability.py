@@ -1,0 +1,187 @@
+"""Surviving kills, signals, numerical faults, full disks and hostile files without losing work."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import predict
+import run
+from dataset import write_synthetic_dataset
+from unet import PRESETS, UNet, model_checkpoint, read_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["--image_size", "32", "--batch_size", "2", "--num_workers", "0", "--val_fraction", "0.25",
+        "--warmup_steps", "1", "--val_panels", "0", "--max_steps", "10", "--checkpointing_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_dataset(root, 16, seed=4, width=150, height=220)
+    return root
+
+
+def command(data_dir: Path, out: Path, *flags: str) -> list[str]:
+    return [sys.executable, "run.py", "--data_dir", str(data_dir), "--output_dir", str(out), *FAST, *flags]
+
+
+def wait_for_checkpoint(out: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not list((out / "checkpoints").glob("step-*.pt")):
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+def same_weights(a: Path, b: Path) -> None:
+    wa, wb = read_checkpoint(a)["model"], read_checkpoint(b)["model"]
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_sigkill_at_a_random_moment_then_resume_latest_gives_the_same_weights(data_dir, tmp_path):
+    straight = run.train(run.parse_config(command(data_dir, tmp_path / "straight")[2:]))
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(command(data_dir, out, "--resume", "latest"), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_checkpoint(out, proc)
+    time.sleep(random.Random(os.getpid()).uniform(0, 1.0))   # anywhere: mid-step or mid-write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.pt").exists(), "killed too late to test anything"
+    done = subprocess.run(command(data_dir, out, "--resume", "latest"), cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    same_weights(straight, out / "model.pt")
+
+
+def test_a_half_written_checkpoint_is_never_picked_up(data_dir, tmp_path):
+    out = tmp_path / "run"
+    run.train(run.parse_config(command(data_dir, out, "--max_steps", "2")[2:]))
+    good = out / "checkpoints" / "step-0000002.pt"
+    # what a kill in the middle of writing step 3 leaves behind
+    (out / "checkpoints" / "step-0000003.pt.tmp").write_bytes(good.read_bytes()[:5000])
+    cfg = run.parse_config(["--output_dir", str(out), "--resume", "latest"])
+    assert run.resume_path(cfg) == good
+    assert read_checkpoint(good)["step"] == 2
+
+
+def test_sigterm_saves_a_checkpoint_before_exiting(data_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(command(data_dir, out, "--max_steps", "1000", "--checkpointing_steps", "1000"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((out / "tensorboard").glob("events.*")) or (out / "tensorboard").stat().st_size == 0:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)                                          # a few steps in
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "stopped by a signal at step" in err and "--resume latest" in err
+    saved = list((out / "checkpoints").glob("step-*.pt"))
+    assert len(saved) == 1
+    step = read_checkpoint(saved[0])["step"]
+    assert 0 < step < 1000
+
+
+def test_non_finite_losses_skip_steps_then_stop_with_a_clear_message(data_dir, tmp_path, monkeypatch):
+    real = run.segmentation_loss
+    calls = {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        total, parts = real(*args)
+        if calls["n"] > 3:                                   # steps 1-3 fine, then NaN for good
+            total = total * float("nan")
+            parts = {**parts, "total": total.detach()}
+        return total, parts
+
+    monkeypatch.setattr(run, "segmentation_loss", poisoned)
+    out = tmp_path / "run"
+    cfg = run.parse_config(command(data_dir, out, "--max_steps", "20", "--max_bad_steps", "3",
+                                   "--val_fraction", "0")[2:])
+    with pytest.raises(FloatingPointError, match=r"step 6: 3 steps in a row .*total nan.*last good checkpoint"):
+        run.train(cfg)
+    last = sorted((out / "checkpoints").glob("step-*.pt"))[-1]
+    weights = read_checkpoint(last)["model"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_a_full_disk_loses_no_earlier_checkpoint(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run.train(run.parse_config(command(data_dir, out, "--max_steps", "2")[2:]))
+    before = (out / "checkpoints" / "step-0000002.pt").read_bytes()
+    real_save = torch.save
+
+    def disk_full(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match=r"could not write .*step-0000003.pt \(No space left on device\); "
+                                      r"earlier checkpoints are untouched"):
+        run.train(run.parse_config(command(data_dir, out, "--max_steps", "3", "--resume", "latest",
+                                           "--val_fraction", "0")[2:]))
+    assert (out / "checkpoints" / "step-0000002.pt").read_bytes() == before
+    assert not list((out / "checkpoints").glob("*.tmp"))
+
+
+def test_an_output_folder_that_cannot_be_written_is_a_clear_error(data_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = subprocess.run(command(data_dir, blocker / "run"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "a_file" in proc.stderr
+
+
+def test_bad_data_stops_before_training_or_is_skipped_once_when_asked(tmp_path, caplog):
+    root = tmp_path / "data"
+    write_synthetic_dataset(root, 16, seed=5, width=150, height=220)
+    orphan = root / "segm" / "WOMEN-Dresses-id_09999999-01_1_front_segm.png"
+    orphan.write_bytes((root / "segm").glob("*.png").__next__().read_bytes())
+    proc = subprocess.run(command(root, tmp_path / "out"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and orphan.name in proc.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()     # before any training
+    orphan.unlink()
+
+    broken = sorted((root / "images").glob("*.jpg"))[0]
+    broken.write_bytes(broken.read_bytes()[:300])                # truncated JPEG
+    with caplog.at_level("WARNING"):
+        run.train(run.parse_config(command(root, tmp_path / "skip", "--skip_bad_samples", "--max_steps", "12",
+                                           "--val_fraction", "0")[2:]))
+    reports = [r for r in caplog.records if broken.name in r.getMessage()]
+    assert len(reports) == 1, [r.getMessage() for r in reports]
+
+
+def test_predict_survives_hostile_files(tmp_path, capsys):
+    from PIL import Image
+    ckpt = tmp_path / "model.pt"
+    torch.save(model_checkpoint(UNet(PRESETS["tiny"].__class__(**{**PRESETS["tiny"].__dict__, "image_size": 32}))), ckpt)
+    good = tmp_path / "good.png"
+    Image.new("RGB", (40, 60), (200, 180, 170)).save(good)
+    rng = random.Random(0)
+    data = good.read_bytes()
+    inputs = [good]
+    for i in range(25):                                      # mutated and cut copies of a valid PNG
+        b = bytearray(data)
+        for _ in range(rng.randint(1, 20)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        path = tmp_path / f"fuzz{i}.png"
+        path.write_bytes(bytes(b[:rng.randint(8, len(b))]) if i % 2 else bytes(b))
+        inputs.append(path)
+    (tmp_path / "text.jpg").write_text("I claim to be a JPEG")
+    inputs.append(tmp_path / "text.jpg")
+    out = tmp_path / "out"
+    code = predict.main(["--checkpoint", str(ckpt), *map(str, inputs), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code in (0, 1)
+    for path in inputs:                                      # each file either written or reported
+        assert (out / f"{path.stem}.png").exists() or path.name in err, path.name
+    assert (out / "good.png").exists()

@@ -398,31 +398,41 @@ def panel_rows(image, mask, pred, boundary_logits, dataset: FashionDataset) -> l
 
 # ---- the training loop -------------------------------------------------------------------------
 
-def accumulate_gradients(net, batches, count: int, images: int, loss_config: LossConfig, device: torch.device,
+def accumulate_gradients(net, batches, shares: list[float], loss_config: LossConfig, device: torch.device,
                          autocast, scaler: torch.amp.GradScaler, channels_last: bool,
                          world: int = 1) -> dict[str, torch.Tensor]:
-    """Forward and backward over `count` micro-batches drawn from `batches`: one optimizer step.
+    """Forward and backward over the micro-batches of one optimizer step, drawn from `batches`.
 
-    `images` counts the step's images over all processes. Each micro-batch's loss is weighted by
-    its share of them, so the summed gradient is the mean over all of them however they were
-    split (an uneven last step included): batch 4 gives the gradient of 2 micro-batches of 2.
+    shares[i] is micro-batch i's share of the step's images over all processes: weighting each
+    loss by it makes the summed gradient the mean over all images however they were split (an
+    uneven last step included), so batch 4 gives the gradient of 2 micro-batches of 2.
     DistributedDataParallel averages over processes, hence the factor `world`; it synchronises
     only on the last micro-batch. Returns this process's loss parts, weighted alike.
     """
     parts = {}
-    for i in range(count):
+    for i, share in enumerate(shares):
         image, mask, boundary = to_device(next(batches), device, channels_last)
-        share = len(image) / images
-        sync = world == 1 or i == count - 1
-        with nullcontext() if sync else net.no_sync(), autocast:
-            out = net(image)
-            loss, loss_parts = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary,
-                                                 loss_config)
+        sync = world == 1 or i == len(shares) - 1
         with nullcontext() if sync else net.no_sync():
+            with autocast:
+                out = net(image)
+                loss, loss_parts = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary,
+                                                     loss_config)
             scaler.scale(loss * (share * world)).backward()
         for k, v in loss_parts.items():
             parts[k] = parts.get(k, 0.0) + v * share
     return parts
+
+
+def my_shares(micro_batches: list[list[int]], d: Dist) -> tuple[list[list[int]], list[float]]:
+    """This process's part of each micro-batch (batch[rank::world]) and its share of the step.
+
+    A process left with nothing (a short last batch) still runs one image with share 0, so that
+    every process takes part in each gradient exchange.
+    """
+    images = sum(len(b) for b in micro_batches)
+    mine = [b[d.rank::d.world] for b in micro_batches]
+    return [m or b[:1] for m, b in zip(mine, micro_batches)], [len(m) / images for m in mine]
 
 
 def restore(cfg: TrainConfig, device: torch.device):
@@ -477,7 +487,7 @@ def train(cfg: TrainConfig) -> Path:
     while step < total_steps:
         train_set.set_epoch(epoch)
         windows = epoch_windows(len(train_set), cfg, epoch, d.world)[epoch_images // step_images:]
-        mine = [b[d.rank::d.world] for w in windows for b in w]   # this process's share of each micro-batch
+        mine = [b for w in windows for b in my_shares(w, d)[0]]
         batches = iter(make_loader(train_set, cfg, mine, device))
         for micro_batches in windows:
             if step >= total_steps:
@@ -487,8 +497,8 @@ def train(cfg: TrainConfig) -> Path:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             images = sum(len(b) for b in micro_batches)
-            parts = accumulate_gradients(net, batches, len(micro_batches), images, cfg.loss, device, autocast,
-                                         scaler, channels_last, d.world)
+            parts = accumulate_gradients(net, batches, my_shares(micro_batches, d)[1], cfg.loss, device,
+                                         autocast, scaler, channels_last, d.world)
             parts = {k: all_sum(v.detach().clone(), d) for k, v in parts.items()}
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm or math.inf)

@@ -18,6 +18,14 @@ COMMON = ["--image_size", "32", "--num_workers", "0", "--val_fraction", "0.25", 
           "--gradient_accumulation_steps", "2"]
 
 
+def assert_same_training(a: dict, b: dict) -> None:
+    """Equal up to float rounding, which Adam's normalised steps magnify for near-zero gradients:
+    nearly every weight agrees to 1e-5 and none is off by half a learning-rate step (5e-4)."""
+    diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    assert diffs.max() < 5e-4
+    assert (diffs > 1e-5).float().mean() < 1e-3
+
+
 def scalars(out: Path, tag: str) -> list[float]:
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
@@ -38,8 +46,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     one = tmp_path / "one"
     run.train(run.parse_config(["--data_dir", str(data), "--output_dir", str(one), "--batch_size", "2", *COMMON]))
     a, b = read_checkpoint(two / "model.pt")["model"], read_checkpoint(one / "model.pt")["model"]
-    for k in a:
-        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+    assert_same_training(a, b)
     # gradient norm and loss are scale-sensitive, where Adam's update is not
     for tag in ("train/grad_norm", "train/total", "val/mIoU", "val/loss"):
         assert scalars(two, tag) == pytest.approx(scalars(one, tag), rel=1e-4), tag
@@ -48,6 +55,4 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     resumed = tmp_path / "resumed"
     run.train(run.parse_config(["--data_dir", str(data), "--output_dir", str(resumed), "--batch_size", "2",
                                 *COMMON, "--resume", str(two / "checkpoints" / "step-0000002.pt")]))
-    c = read_checkpoint(resumed / "model.pt")["model"]
-    for k in a:
-        assert torch.allclose(c[k], b[k], rtol=1e-4, atol=1e-6), k
+    assert_same_training(read_checkpoint(resumed / "model.pt")["model"], b)

@@ -103,14 +103,21 @@ def test_gradient_accumulation_matches_the_large_batch(data_dir):
     grads = []
     for split in ([samples], [samples[:2], samples[2:]], [samples[:3], samples[3:]]):
         model.zero_grad()
-        parts = run.accumulate_gradients(model, iter([default_collate(s) for s in split]), len(split), 4,
-                                         LossConfig(), cpu, torch.autocast("cpu", enabled=False), scaler, False)
+        parts = run.accumulate_gradients(model, iter([default_collate(s) for s in split]),
+                                         [len(s) / 4 for s in split], LossConfig(), cpu,
+                                         torch.autocast("cpu", enabled=False), scaler, False)
         grads.append(([p.grad.clone() for p in model.parameters()], parts["total"]))
     (big, big_loss), *others = grads
     for small, small_loss in others:
         assert torch.allclose(big_loss, small_loss, rtol=1e-12)
         for a, b in zip(big, small):
             assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_processes_split_each_micro_batch_and_all_take_part():
+    shares = [run.my_shares([[5, 6, 7], [8]], run.Dist(rank, 2)) for rank in (0, 1)]
+    assert shares[0] == ([[5, 7], [8]], [0.5, 0.25])
+    assert shares[1] == ([[6], [8]], [0.25, 0.0])      # nothing left for rank 1: one image, weight 0
 
 
 def test_the_last_partial_step_of_an_epoch_is_kept():

@@ -310,7 +310,9 @@ class FashionDataset(torch.utils.data.Dataset):
         self._mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.epoch = 0
-        self._bad: set[int] = set()  # per process: each bad file is reported once, then skipped fast
+        # Bad samples seen so far, in shared memory: DataLoader workers inherit this tensor, so a bad
+        # file is reported once per run, not once per worker or epoch, and then skipped fast.
+        self._bad = torch.zeros(len(self.pairs), dtype=torch.bool).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -324,14 +326,14 @@ class FashionDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {count} samples")
         for step in range(count):
             current = (index + step) % count
-            if current in self._bad:
+            if self._bad[current]:
                 continue
             try:
                 return self._sample(current)
             except DataError as err:
                 if not self.skip_bad:
                     raise
-                self._bad.add(current)
+                self._bad[current] = True
                 log.warning("skipping sample %d: %s", current, err)
         raise DataError(f"{self.root}: all {count} samples are unreadable")
 

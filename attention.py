@@ -147,9 +147,10 @@ class LocalAttention(nn.Module):
         qkv = F.linear(self.norm(x).permute(0, 2, 3, 1), self.qkv.weight.flatten(1), self.qkv.bias)  # (B, H, W, 3C)
         q = (qkv[..., :c].reshape(b, nh, tile, nw, tile, heads, d)
              .permute(0, 5, 1, 3, 2, 4, 6).reshape(b, heads, nh * nw, tile * tile, d))
-        kv = F.pad(qkv[..., c:], (0, 0, self.halo, self.halo, self.halo, self.halo))  # (B, H+4, W+4, 2C)
-        kv = kv.flatten(1, 2)[:, gather]                                     # (B, tiles*s*s, 2C)
-        k, v = kv.reshape(b, nh * nw, s * s, 2, heads, d).permute(3, 0, 4, 1, 2, 5).unbind(0)
+        k, v = (F.pad(t, (0, 0, self.halo, self.halo, self.halo, self.halo))   # (B, H+4, W+4, C)
+                .flatten(1, 2).index_select(1, gather)                         # (B, tiles*s*s, C)
+                .reshape(b, nh * nw, s * s, heads, d).transpose(1, 3).transpose(2, 3)
+                for t in qkv[..., c:].split(c, dim=-1))                        # (B, heads, tiles, s*s, d)
         bias = self.position_bias[:, offset].masked_fill(~window, float("-inf"))  # (heads, T*T, s*s)
         bias = bias[:, None] + torch.zeros_like(outside, dtype=bias.dtype).masked_fill(
             outside, float("-inf"))[None, :, None]                          # (heads, tiles, T*T, s*s)

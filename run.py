@@ -148,7 +148,7 @@ def check_config(cfg: TrainConfig, given: dict) -> None:
               if getattr(cfg, s)]
     if len(stages) > 1:
         raise ValueError(f"choose one stage: --{' and --'.join(stages)} conflict")
-    if stages and not cfg.pretrained_model_path and not cfg.resume:
+    if stages and not cfg.pretrained_model_path:
         raise ValueError(f"--{stages[0]} upgrades a trained model: give --pretrained_model_path")
     if cfg.pretrained_model_path and {"preset", "bottleneck"} & set(given):
         raise ValueError("--preset/--bottleneck build a model from scratch; with --pretrained_model_path "

@@ -95,7 +95,7 @@ def train_step(config: UNetConfig, size: int, batch: int, repeats: int, device=t
             loss, _ = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, loss_config)
         loss.backward()
     model.zero_grad(set_to_none=True)
-    seconds = timed(step, repeats, warmup=3 if compile else 1)
+    seconds = timed(step, repeats, warmup=3)   # the first steps fill allocator and kernel caches
     return {"seconds": seconds, "flops": counter.get_total_flops(), "images_per_s": batch / seconds}
 
 

@@ -1,7 +1,9 @@
-"""Label people's own photos with a trained checkpoint: photos in, label maps out.
+"""Label people's own photos with a trained checkpoint: photos in, label maps out; export to ONNX.
 
     python predict.py --checkpoint runs/demo/best.pt me.jpg holiday/ --out predictions
         [--device auto|cpu|cuda] [--batch_size 4] [--no-postprocess] [--masks] [--probabilities]
+    python predict.py --checkpoint runs/demo/best.pt --export-onnx model.onnx
+    python predict.py --checkpoint model.onnx me.jpg holiday/ --out predictions    # onnxruntime
 
 INPUT is an image file (JPEG, PNG, WebP, BMP, GIF, TIFF, whatever PIL opens) or a folder (its image
 files, sorted, not recursive). Photos are turned upright by their EXIF orientation and run at the
@@ -15,6 +17,13 @@ its file stem (a clash gets the folder name or a number appended), at the uprigh
     <stem>_probs.npz    with --probabilities: float16 softmax and boundary at the model's resolution
 
 A file that cannot be used is reported on stderr and skipped; the exit status is then 1.
+
+--export-onnx writes the model as one ONNX file for any batch size and any height and width that are
+multiples of the model's size_multiple: input `image` (B, 3, H, W) float32, normalised; outputs
+`mask_logits` (B, 24, H, W) and `boundary_logits` (B, H, W). Its metadata_props hold, as JSON, what
+input preparation needs: mean, std, image_size, size_multiple and labels. A --checkpoint ending in
+.onnx runs on onnxruntime (CUDA with --device auto or cuda, when onnxruntime has it), prepared from
+that metadata; everything else is as for a PyTorch checkpoint.
 """
 from __future__ import annotations
 
@@ -46,6 +55,13 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBo
                Image.DecompressionBombWarning)
 # A full batch runs at once; smaller groups wait for same-shaped photos, at most this many batches' worth.
 _MAX_WAITING_BATCHES = 4
+# Names in an exported ONNX file, and the metadata_props keys (JSON values) that describe its input.
+ONNX_INPUT, ONNX_OUTPUTS = "image", ("mask_logits", "boundary_logits")
+ONNX_METADATA = ("mean", "std", "image_size", "size_multiple", "labels")
+
+# A model's forward pass as predict.py uses it: (B, 3, H, W) normalised float32 on the CPU ->
+# ((B, L, H, W) mask logits, (B, H, W) boundary logits), float32 tensors on any device.
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class PhotoError(Exception):
@@ -59,6 +75,16 @@ class Job:
     photo: Image.Image           # RGB, upright
     model_input: torch.Tensor    # (3, Hp, Wp) normalised and padded
     valid_hw: tuple[int, int]    # (h, w) of model_input before padding
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A loaded model, whichever runtime runs it: how to prepare its inputs, and its forward pass."""
+    image_size: int              # photos are scaled so their short side has this length
+    size_multiple: int           # then padded to multiples of this
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    forward: Forward
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -138,7 +164,7 @@ def load_photo(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         raise PhotoError(f"{path}: cannot read image ({reason})") from err
 
 
-def load_jobs(paths: list[Path], names: list[str], config: unet.UNetConfig, max_pixels: int,
+def load_jobs(paths: list[Path], names: list[str], backend: Backend, max_pixels: int,
               skip: Callable[[str], None]) -> Iterator[Job]:
     """Photos prepared as the model's inputs, one at a time; unusable files go to skip(message)."""
     for path, name in zip(paths, names):
@@ -147,8 +173,8 @@ def load_jobs(paths: list[Path], names: list[str], config: unet.UNetConfig, max_
         except PhotoError as err:
             skip(str(err))
             continue
-        model_input, valid_hw = prepare_whole_image(photo, config.image_size, config.size_multiple,
-                                                    config.mean, config.std)
+        model_input, valid_hw = prepare_whole_image(photo, backend.image_size, backend.size_multiple,
+                                                    backend.mean, backend.std)
         yield Job(path, name, photo, model_input, valid_hw)
 
 
@@ -169,15 +195,72 @@ def same_shape_batches(jobs: Iterable[Job], batch_size: int) -> Iterator[list[Jo
 
 # ---------------------------------------------------------------------------------- the model
 
-def predict_batch(model: unet.UNet, inputs: torch.Tensor, valid_hw: list[tuple[int, int]]
+def torch_backend(path: Path, device: torch.device) -> Backend:
+    """A run.py checkpoint on PyTorch, with bf16 autocast on CUDA."""
+    model = unet.load_model(path, device).eval()
+
+    def forward(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            output = model(inputs.to(device))
+        return output.mask_logits, output.boundary_logits
+
+    config = model.config
+    return Backend(config.image_size, config.size_multiple, config.mean, config.std, forward)
+
+
+def onnx_backend(path: Path, device: str) -> Backend:
+    """A file of --export-onnx on onnxruntime, prepared as its metadata says; device as --device."""
+    import onnxruntime  # here: only ONNX files need it
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    if device == "cuda" and not cuda:
+        raise ValueError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu, "
+                         "or use --device cpu)")
+    providers = ["CUDAExecutionProvider"] if cuda and device != "cpu" else []
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=providers + ["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own types for missing, truncated or foreign files
+        raise ValueError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0][:200]})") from err
+    meta = read_onnx_metadata(path, session.get_modelmeta().custom_metadata_map)
+
+    def forward(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask_logits, boundary_logits = session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: inputs.numpy()})
+        return torch.from_numpy(mask_logits), torch.from_numpy(boundary_logits)
+
+    return Backend(meta["image_size"], meta["size_multiple"], tuple(meta["mean"]), tuple(meta["std"]), forward)
+
+
+def read_onnx_metadata(path: Path, props: dict[str, str]) -> dict:
+    """The ONNX_METADATA values of an exported file, checked against this code's labels."""
+    missing = [key for key in ONNX_METADATA if key not in props]
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(missing)} in the ONNX metadata_props "
+                         "(not written by predict.py --export-onnx?)")
+    try:
+        meta = {key: json.loads(props[key]) for key in ONNX_METADATA}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: ONNX metadata_props value is not JSON ({err})") from err
+    if meta["labels"] != list(LABELS):
+        # the palette, masks and summaries name labels by dataset.LABELS
+        raise ValueError(f"{path}: the model's labels {meta['labels']} are not this code's {list(LABELS)}")
+    return meta
+
+
+def load_backend(path: Path, device: str) -> Backend:
+    """An .onnx file on onnxruntime, anything else as a run.py checkpoint on PyTorch."""
+    if path.suffix.lower() == ".onnx":
+        return onnx_backend(path, device)
+    return torch_backend(path, _device(device))
+
+
+def predict_batch(forward: Forward, inputs: torch.Tensor, valid_hw: list[tuple[int, int]]
                   ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(B, 3, Hp, Wp) model inputs -> per image float32 softmax probabilities (L, h, w) and boundary
-    probability (h, w) at the model's resolution, padding cropped off. bf16 autocast on CUDA."""
-    device = next(model.parameters()).device
-    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-        output = model(inputs.to(device))
-    probs = output.mask_logits.float().softmax(dim=1)  # (B, L, Hp, Wp), softmax in fp32
-    boundary = output.boundary_logits.float().sigmoid()  # (B, Hp, Wp)
+    probability (h, w) at the model's resolution, padding cropped off."""
+    mask_logits, boundary_logits = forward(inputs)
+    probs = mask_logits.float().softmax(dim=1)  # (B, L, Hp, Wp), softmax in fp32
+    boundary = boundary_logits.float().sigmoid()  # (B, Hp, Wp)
     return [(probs[i, :, :h, :w].cpu().numpy(), boundary[i, :h, :w].cpu().numpy())
             for i, (h, w) in enumerate(valid_hw)]
 
@@ -234,6 +317,42 @@ def write_outputs(out_dir: Path, job: Job, labels: np.ndarray, postprocessed: bo
                 path.unlink(missing_ok=True)  # a mask left by an earlier run would be a lie now
 
 
+# ---------------------------------------------------------------------------------- export
+
+def export_onnx(checkpoint: Path, destination: Path) -> None:
+    """Write the checkpoint's model as one ONNX file (see the module docstring): dynamic batch, height
+    and width, and the metadata that makes the file describe its own input."""
+    model = unet.load_model(checkpoint).eval()
+    config = model.config
+    m = config.size_multiple
+    # Sizes as m * blocks: the exporter then knows every height and width is a multiple of m, so the
+    # model's own input check holds for all of them instead of specialising to the example.
+    height, width = (m * torch.export.Dim(name, min=1) for name in ("height_blocks", "width_blocks"))
+    # Odd block counts, for local attention: it runs in tiles of the largest of 8, 4, 2 pixels that
+    # divides the size, chosen in Python, and the graph keeps the example's choice. With odd counts
+    # that is, at every level, the tile that divides the level's size for any multiple of m (the
+    # tile does not change the result, only the speed); an even example would keep tiles that do not
+    # fit other sizes. Batch 2: the exporter fixes dimensions of size 1.
+    example = torch.zeros(2, 3, 3 * m, 5 * m)
+    # The dynamo exporter, torch's default since 2.9 (the TorchScript one is legacy and warns that it
+    # is deprecated): it traces with symbolic sizes, so the size arithmetic (position encoding,
+    # reshapes, local attention's index tensors) becomes graph operations, and dynamic_shapes says
+    # exactly which sizes may vary. Local attention caches its index tensors in a dict keyed by size,
+    # which torch.export's non-strict mode cannot hash; torch.onnx.export then falls back to its
+    # strict-mode strategy, which handles it (with a warning about the cache). Calling
+    # torch.export.export(strict=True) directly is no shortcut: without the exporter's shape settings
+    # it bakes the example's tile counts into the graph.
+    program = torch.onnx.export(model, (example,), dynamo=True, verbose=False, input_names=[ONNX_INPUT],
+                                output_names=list(ONNX_OUTPUTS),
+                                dynamic_shapes=({0: torch.export.Dim("batch", min=1), 2: height, 3: width},))
+    program.model.metadata_props.update(
+        {"mean": json.dumps(list(config.mean)), "std": json.dumps(list(config.std)),
+         "image_size": json.dumps(config.image_size), "size_multiple": json.dumps(m),
+         "labels": json.dumps(list(LABELS))})
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    program.save(destination)  # one file; a separate weights file only past protobuf's 2 GB
+
+
 # ---------------------------------------------------------------------------------- command line
 
 def _positive_int(text: str) -> int:
@@ -245,11 +364,14 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+    parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
                         help="image files, or folders whose image files (sorted, not recursive) are read")
     parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="a checkpoint of run.py; it carries the model config and input normalisation")
-    parser.add_argument("--out", type=Path, required=True, help="output folder, created if missing")
+                        help="a checkpoint of run.py (it carries the model config and input normalisation), "
+                             "or an .onnx file of --export-onnx, run on onnxruntime")
+    parser.add_argument("--out", type=Path, help="output folder, created if missing (required with INPUT)")
+    parser.add_argument("--export-onnx", type=Path, metavar="FILE",
+                        help="write the --checkpoint's model to this ONNX file instead of predicting")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda when available (default: auto)")
     parser.add_argument("--batch_size", type=_positive_int, default=4,
@@ -270,6 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked: either --export-onnx FILE, or INPUT... with --out."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.export_onnx and (args.inputs or args.out):
+        parser.error("--export-onnx writes only the ONNX file: give no INPUT or --out with it")
+    if not args.export_onnx and not (args.inputs and args.out):
+        parser.error("give INPUT files or folders and --out (or --export-onnx FILE)")
+    return args
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -278,9 +411,8 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def predict_photos(args: argparse.Namespace) -> int:
+    """Writes the outputs for every usable input; 1 if any was skipped, else 0."""
     try:  # problems with the whole run are reported before any work
         paths = collect_inputs(args.inputs)
         if not paths:
@@ -288,10 +420,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"(looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
         names = output_names(paths)
         check_no_overwrite(paths, names, args.out)
-        device = _device(args.device)
-        model = unet.load_model(args.checkpoint, device).eval()
+        backend = load_backend(args.checkpoint, args.device)
     except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError is a ValueError
-        parser.error(str(err))
+        build_parser().error(str(err))
     args.out.mkdir(parents=True, exist_ok=True)
     skipped: list[str] = []
     written = 0
@@ -301,9 +432,9 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append(message)
             bar.update()
 
-        jobs = load_jobs(paths, names, model.config, args.max_pixels, skip)
+        jobs = load_jobs(paths, names, backend, args.max_pixels, skip)
         for batch in same_shape_batches(jobs, args.batch_size):
-            results = predict_batch(model, torch.stack([job.model_input for job in batch]),  # (B, 3, Hp, Wp)
+            results = predict_batch(backend.forward, torch.stack([job.model_input for job in batch]),  # (B, 3, Hp, Wp)
                                     [job.valid_hw for job in batch])
             for job, (probs, boundary) in zip(batch, results):
                 labels = label_map(probs, boundary, job.photo.size, args.postprocess)
@@ -315,6 +446,19 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(len(batch))
     print(f"{written} written, {len(skipped)} skipped; outputs in {args.out}")
     return 1 if skipped else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.export_onnx:
+        return predict_photos(args)
+    print(f"exporting {args.checkpoint} (tracing takes up to about a minute for the published presets)")
+    try:
+        export_onnx(args.checkpoint, args.export_onnx)
+    except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError is a ValueError
+        build_parser().error(str(err))
+    print(f"wrote {args.export_onnx}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -324,6 +324,7 @@ def save_step_checkpoint(state: dict, output_dir: Path, limit: int) -> Path:
     path = output_dir / "checkpoints" / f"step-{state['step']:07d}.pt"
     save_atomic(state, path)
     for old in step_checkpoints(output_dir)[:-limit]:   # only after the new one is safely written
+        old.write_bytes(b"")    # cut first: Google Drive keeps deleted files in its trash at full size
         old.unlink()
     return path
 

@@ -1,0 +1,186 @@
+"""Checks colab/train_colab.ipynb against the code, so the notebook cannot drift from the flags: every
+run.py, evaluate.py and predict.py command in it must parse with the current argument parsers, and
+the training stages must be README's published recipe, resume, and write to Drive.
+Run: `python -m pytest tests/test_colab.py -q`."""
+
+import ast
+import dataclasses
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import evaluate
+import predict
+import run
+
+PROJECT = Path(__file__).resolve().parents[1]
+NOTEBOOK = PROJECT / "colab" / "train_colab.ipynb"
+DRIVE = "/content/drive/"
+# The code's own parsers; each raises SystemExit on an unknown flag or a bad combination.
+PARSERS = {"run.py": run.parse_config, "evaluate.py": evaluate.parse_args, "predict.py": predict.parse_args}
+# TrainConfig fields the notebook sets for Colab rather than copying from README's recipe.
+COLAB_FIELDS = {"data_dir", "output_dir", "pretrained_model_path", "resume", "mixed_precision", "num_workers",
+                "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "checkpoints_total_limit"}
+
+
+def check_command(script: str, argv: list[str]) -> object:
+    """Parses argv as `python script argv` would; SystemExit if the script rejects it."""
+    return PARSERS[script](argv)
+
+
+def code_cells(notebook: dict) -> list[str]:
+    return ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+
+
+def logical_lines(source: str) -> list[str]:
+    """Lines with backslash continuations joined, as IPython joins them for `!` commands."""
+    return re.sub(r"\\\n\s*", " ", source).splitlines()
+
+
+def read_settings(notebook: dict) -> dict:
+    """The values of the settings cell (the one that sets RUNS_DIR): plain assignments only, run here."""
+    cells = [source for source in code_cells(notebook) if re.search(r"^RUNS_DIR\s*=", source, re.M)]
+    assert len(cells) == 1, "expected exactly one settings cell (the one that sets RUNS_DIR)"
+    tree = ast.parse(cells[0])
+    assert all(isinstance(node, ast.Assign) for node in tree.body), "the settings cell may only assign"
+    settings: dict = {}
+    exec(compile(tree, "settings cell", "exec"), {}, settings)
+    return settings
+
+
+def shell_commands(notebook: dict, settings: dict) -> list[list[str]]:
+    """Every `!` command of the code cells, {NAME}s filled from the settings as IPython fills them,
+    split like the shell."""
+    commands = []
+    for source in code_cells(notebook):
+        for line in logical_lines(source):
+            if line.strip().startswith("!"):
+                try:
+                    commands.append(shlex.split(line.strip()[1:].format_map(settings)))
+                except KeyError as err:  # IPython would pass "{NAME}" on to the shell as it is
+                    pytest.fail(f"{NOTEBOOK}: `{line.strip()}` uses {err}, which the settings cell does not set")
+    return commands
+
+
+def script_commands(commands: list[list[str]]) -> list[tuple[str, list[str]]]:
+    """(script, argv) of each `python X.py`, `python -m torch.distributed.run ... X.py` or `torchrun ... X.py`."""
+    found = []
+    for words in commands:
+        launcher = words[:3] == ["python", "-m", "torch.distributed.run"] or words[0] == "torchrun"
+        if words[0] == "python" and len(words) > 1 and words[1].endswith(".py"):
+            found.append((words[1], words[2:]))
+        elif launcher:
+            script = next(i for i, word in enumerate(words) if word.endswith(".py"))
+            found.append((words[script], words[script + 1:]))
+    return found
+
+
+def readme_recipe() -> list[list[str]]:
+    """The run.py commands of README's published recipe, with its shell variables filled in."""
+    block = re.search(r"## The published recipe.*?```bash\n(.*?)```", (PROJECT / "README.md").read_text(), re.S)
+    assert block, "README.md has no published-recipe bash block"
+    variables, commands = {}, []
+    for line in block.group(1).splitlines():
+        if match := re.fullmatch(r"(\w+)=(.*)", line):
+            variables[match[1]] = " ".join(shlex.split(match[2]))
+        elif line.startswith("python run.py"):
+            for name, value in variables.items():
+                line = line.replace(f"${name}", value)
+            commands.append(shlex.split(line)[2:])
+    return commands
+
+
+@pytest.fixture(scope="module")
+def notebook() -> dict:
+    return json.loads(NOTEBOOK.read_text())
+
+
+@pytest.fixture(scope="module")
+def settings(notebook) -> dict:
+    return read_settings(notebook)
+
+
+@pytest.fixture(scope="module")
+def commands(notebook, settings) -> list[tuple[str, list[str]]]:
+    return script_commands(shell_commands(notebook, settings))
+
+
+def test_notebook_is_nbformat_4_without_outputs(notebook):
+    assert notebook["nbformat"] == 4 and isinstance(notebook["metadata"], dict)
+    assert notebook["metadata"]["accelerator"] == "GPU"  # Colab then asks for a GPU runtime
+    assert {cell["cell_type"] for cell in notebook["cells"]} == {"markdown", "code"}
+    for cell in notebook["cells"]:
+        assert isinstance(cell["metadata"], dict) and all(isinstance(line, str) for line in cell["source"])
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None, "outputs are stored"
+
+
+def test_code_cells_are_python_apart_from_shell_and_magic_lines(notebook):
+    for source in code_cells(notebook):
+        python = [re.sub(r"^(\s*)[!%].*", r"\1pass", line) for line in logical_lines(source)]
+        ast.parse("\n".join(python))  # a SyntaxError names the line
+
+
+def test_every_command_parses_with_the_current_flags(notebook, settings, commands):
+    all_scripts = [word for words in shell_commands(notebook, settings) for word in words if word.endswith(".py")]
+    assert sorted(all_scripts) == sorted(script for script, _ in commands), "a .py command not in a known form"
+    for script, argv in commands:
+        if script == "dataset.py":  # no parser to call: its check subcommand reads the data
+            assert argv[0] == "check"
+            continue
+        try:
+            check_command(script, argv)
+        except SystemExit:
+            pytest.fail(f"`python {script} {shlex.join(argv)}` is rejected by {script} (its message is above)")
+    assert {script for script, _ in commands} >= set(PARSERS)
+
+
+def test_a_renamed_or_unknown_flag_is_rejected(commands):
+    for script in PARSERS:
+        argv = next(argv for name, argv in commands if name == script)
+        with pytest.raises(SystemExit):
+            check_command(script, argv + ["--no_such_flag"])
+    stage = next(argv for name, argv in commands if name == "run.py")
+    renamed = [re.sub(r"^--gradient_accumulation_steps$", "--grad_accum", word) for word in stage]
+    assert renamed != stage
+    with pytest.raises(SystemExit):
+        check_command("run.py", renamed)
+
+
+def test_stages_are_the_published_recipe_resumed_on_drive(settings, commands):
+    stages = [check_command("run.py", argv) for script, argv in commands if script == "run.py"]
+    published = [run.parse_config(argv) for argv in readme_recipe()]
+    assert len(stages) == len(published) == 5
+    assert settings["RUNS_DIR"].startswith(DRIVE) and not settings["DATA_DIR"].startswith(DRIVE)
+    previous = None
+    for cfg, readme in zip(stages, published):
+        assert cfg.resume == "latest" and cfg.checkpoints_total_limit == 1 and cfg.num_workers == 2
+        assert Path(cfg.output_dir).parent == Path(settings["RUNS_DIR"])
+        assert Path(cfg.output_dir).name == Path(readme.output_dir).name
+        assert cfg.data_dir == settings["DATA_DIR"]  # the local copy, never Drive
+        assert cfg.batch_size * cfg.gradient_accumulation_steps == 64
+        assert cfg.mixed_precision in ("bf16", "fp16")
+        if previous:
+            assert cfg.pretrained_model_path == f"{previous.output_dir}/{previous.output_file_name}"
+        same = {f.name for f in dataclasses.fields(run.TrainConfig)} - COLAB_FIELDS
+        assert {k: getattr(cfg, k) for k in same} == {k: getattr(readme, k) for k in same}
+        previous = cfg
+
+
+def test_evaluation_and_photos_use_a_stage_s_final_weights(settings, commands):
+    stages = {run.parse_config(argv).output_dir for script, argv in commands if script == "run.py"}
+    for script in ("evaluate.py", "predict.py"):
+        args = check_command(script, next(argv for name, argv in commands if name == script))
+        assert args.checkpoint is not None and str(Path(args.checkpoint).parent) in stages
+        assert str(args.out).startswith(settings["RUNS_DIR"])  # results survive the runtime
+
+
+def test_tensorboard_watches_one_stage_folder(notebook, settings):
+    source = next(source for source in code_cells(notebook) if "%tensorboard" in source)
+    watch = re.search(r'^WATCH = "(\w+)"', source, re.M)[1]
+    line = next(line for line in source.splitlines() if line.startswith("%tensorboard"))
+    logdir = shlex.split(line.format_map({**settings, "WATCH": watch}))[2]
+    assert logdir == f"{settings['RUNS_DIR']}/{watch}/tensorboard"

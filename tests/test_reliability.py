@@ -186,3 +186,15 @@ def test_predict_survives_hostile_files(tmp_path, capsys):
     for path in inputs:                                      # each file either written or reported
         assert (out / f"{path.stem}.png").exists() or path.name in err, path.name
     assert (out / "good.png").exists()
+
+
+def test_missing_or_empty_data_folders_are_clear_errors(tmp_path):
+    from dataset import DataError, find_pairs
+    with pytest.raises(DataError, match=r"nowhere: data folder not found"):
+        find_pairs(tmp_path / "nowhere")
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DataError, match=r"segm: folder missing"):
+        find_pairs(tmp_path)
+    (tmp_path / "segm").mkdir()
+    with pytest.raises(DataError, match=r"no pairs"):
+        find_pairs(tmp_path)

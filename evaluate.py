@@ -257,12 +257,6 @@ def save_backwards(out: Path, name: str, before: np.ndarray, after: np.ndarray) 
 
 # ---- the evaluation run ---------------------------------------------------------------------------
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def evaluate(model, dataset: FashionDataset, out: Path, device: torch.device, batch_size: int = 8,
              num_workers: int = 2, pp: PostprocessConfig | None = PostprocessConfig(),
              panels: int = 8) -> dict:
@@ -338,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         tables = {Path(p).stem: label_table(read_stats_csv(p)) for p in args.summarize}
         print(write_tables(tables, Path(args.out)) if args.out else format_tables(tables)[0])
         return
-    from unet import CheckpointError, load_model   # here: --summarize needs no model code
+    from unet import CheckpointError, load_model, pick_device   # here: --summarize needs no model code
     try:
         model = load_model(args.checkpoint)
         config = model.config

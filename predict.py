@@ -251,7 +251,7 @@ def load_backend(path: Path, device: str) -> Backend:
     """An .onnx file on onnxruntime, anything else as a run.py checkpoint on PyTorch."""
     if path.suffix.lower() == ".onnx":
         return onnx_backend(path, device)
-    return torch_backend(path, _device(device))
+    return torch_backend(path, unet.pick_device(device))
 
 
 def predict_batch(forward: Forward, inputs: torch.Tensor, valid_hw: list[tuple[int, int]]
@@ -401,14 +401,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.export_onnx and not (args.inputs and args.out):
         parser.error("give INPUT files or folders and --out (or --export-onnx FILE)")
     return args
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
-    return torch.device(name)
 
 
 def predict_photos(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ from dataset import DataError, FashionDataset, colorize, write_synthetic_dataset
 from evaluate import confusion_matrix, mean_iou, pixel_accuracy
 from losses import LossConfig, segmentation_loss
 from unet import (PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, load_state, model_checkpoint,
-                  read_checkpoint, stage_parameters, swap_bottleneck, unwrap)
+                  pick_device, read_checkpoint, stage_parameters, swap_bottleneck, unwrap)
 
 log = logging.getLogger("run")
 SYNTHETIC_DIR = "data/synthetic"
@@ -177,19 +177,15 @@ class Dist(typing.NamedTuple):
 
 def setup(cfg: TrainConfig) -> tuple[Dist, torch.device]:
     """Join the torchrun process group when there is one (NCCL on CUDA, Gloo on the CPU)."""
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {cfg.device}: CUDA is not available on this machine")
+    device = pick_device(cfg.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))   # set by torchrun
     if world == 1:
-        return Dist(), torch.device(device)
-    if device.startswith("cuda"):
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        return Dist(), device
+    if device.type == "cuda":
+        device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}")
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return Dist(dist.get_rank(), world), torch.device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), world), device
 
 
 def all_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:

@@ -276,6 +276,16 @@ def stage_parameters(model: UNet, stage: str) -> list[tuple[str, nn.Parameter]]:
     return named
 
 
+def pick_device(name: str) -> torch.device:
+    """"auto" = CUDA when present, else the CPU; asking for CUDA without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available (use --device cpu)")
+    return device
+
+
 # ---- checkpoints --------------------------------------------------------------------------------
 
 def unwrap(model: nn.Module) -> nn.Module:

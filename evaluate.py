@@ -2,7 +2,7 @@
 with boundary post-processing, on the held-out test split.
 
     python evaluate.py --checkpoint runs/tiny/model.pt --data_dir data/synthetic
-    python evaluate.py --summarize ../shared/data/seed-stats/512_96.csv 512_96_pp.csv
+    python evaluate.py --summarize ../shared/data/seed-stats/512_96.csv ../shared/data/seed-stats/512_96_pp.csv
 
 Published figures (paper 1.3) are medians over images: per label, the median over the images
 whose ground truth contains it of (intersection + 1) / (union + 1); pixel accuracy and subject
@@ -233,7 +233,8 @@ def run_backwards(model, image: Tensor, target: Tensor, mean: tuple, std: tuple,
     for step in range(steps + 1):
         logits = model((pixels - m) / s).mask_logits                        # (1, L, H, W)
         if step in (0, steps):
-            accuracy.append((logits.argmax(1) == target).float().mean().item())
+            valid = target != IGNORE_INDEX
+            accuracy.append((logits.argmax(1) == target)[valid].float().mean().item())
         if step == steps:
             break
         loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
@@ -329,20 +330,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.summarize:
-        tables = {Path(p).stem: label_table(read_stats_csv(p)) for p in args.summarize}
+        try:
+            tables = {Path(p).stem: label_table(read_stats_csv(p)) for p in args.summarize}
+        except (OSError, ValueError) as e:
+            sys.exit(f"error: {e}")
         print(write_tables(tables, Path(args.out)) if args.out else format_tables(tables)[0])
         return
-    from unet import CheckpointError, load_model, pick_device   # here: --summarize needs no model code
+    from unet import load_model, pick_device   # here: --summarize needs no model code
     try:
+        device = pick_device(args.device)
         model = load_model(args.checkpoint)
         config = model.config
         dataset = FashionDataset(args.data_dir, args.split, image_size=config.image_size, mode=args.mode,
                                  mean=config.mean, std=config.std, size_multiple=config.size_multiple,
                                  test_split=args.test_split)
-    except (CheckpointError, DataError) as e:
+    except ValueError as e:                         # DataError and CheckpointError included
         sys.exit(f"error: {e}")
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
-    device = pick_device(args.device)
     results = evaluate(model, dataset, out, device, args.batch_size, args.num_workers,
                        PostprocessConfig() if args.postprocess else None, args.panels)
     tables = {v: label_table(read_stats_csv(out / name)) for v, name in
@@ -357,7 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         image, target = sample["image"][None].to(device), sample["mask"][None].to(device)
         after, accuracy = run_backwards(model, image, target, config.mean, config.std,
                                         args.backwards_steps, args.backwards_lr)
-        save_backwards(out / "backwards", dataset.pairs[i].mask.stem, to_rgb(image[0], config.mean, config.std),
+        save_backwards(out / "backwards", dataset.pairs[i].stem, to_rgb(image[0], config.mean, config.std),
                        to_rgb(after[0], config.mean, config.std))
         print(f"backwards {dataset.pairs[i].stem}: pixel accuracy against the target "
               f"{accuracy[0]:.4f} -> {accuracy[1]:.4f}")

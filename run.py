@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -235,14 +236,16 @@ def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
 
 
 def make_optimizer(model: UNet, stage: str, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over the stage's parameters; the rest are frozen. No decay on norms, biases, gains."""
+    """AdamW over the stage's parameters; the rest are frozen. No decay on norms, biases, gains
+    and relative-position biases."""
     for p in model.parameters():
         p.requires_grad_(False)
     named = stage_parameters(model, stage)
     for _, p in named:
         p.requires_grad_(True)
-    groups = [{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}]
+    decay = [p.ndim >= 2 and not n.endswith("position_bias") for n, p in named]
+    groups = [{"params": [p for (_, p), d in zip(named, decay) if d], "weight_decay": cfg.weight_decay},
+              {"params": [p for (_, p), d in zip(named, decay) if not d], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999),
                              fused=device.type == "cuda")
 
@@ -307,12 +310,18 @@ def resume_path(cfg: TrainConfig) -> Path | None:
     return found[-1] if found else None
 
 
-def training_state(model, optimizer, scaler, cfg: TrainConfig, stage: str, step: int, epoch: int,
-                   epoch_images: int, best: float) -> dict:
-    """Everything needed to continue the run exactly; plain data for weights_only loading."""
+def weights_payload(model, cfg: TrainConfig, stage: str, step: int, metrics: dict) -> dict:
+    """best.pt and the final weights: the model, how it was trained, and its validation figures."""
     return {**model_checkpoint(model), "train_config": dataclasses.asdict(cfg), "stage": stage,
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "step": step, "epoch": epoch, "epoch_images": epoch_images, "best_miou": best,
+            "step": step, "val": metrics}
+
+
+def training_state(model, optimizer, scaler, cfg: TrainConfig, stage: str, step: int, epoch: int,
+                   epoch_images: int, step_images: int, best: float) -> dict:
+    """Everything needed to continue the run exactly; plain data for weights_only loading."""
+    return {**weights_payload(model, cfg, stage, step, {}),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+            "epoch_images": epoch_images, "step_images": step_images, "best_miou": best,
             "rng": {"torch": torch.get_rng_state()}}
 
 
@@ -327,11 +336,16 @@ def save_step_checkpoint(state: dict, output_dir: Path, limit: int) -> Path:
 
 # ---- data --------------------------------------------------------------------------------------
 
-def make_datasets(cfg: TrainConfig, model: UNet) -> tuple[FashionDataset, FashionDataset | None]:
+def make_datasets(cfg: TrainConfig, model: UNet, d: Dist) -> tuple[FashionDataset, FashionDataset | None]:
     data_dir = Path(cfg.data_dir)
-    if cfg.data_dir == SYNTHETIC_DIR and not data_dir.exists():
+    if cfg.data_dir == SYNTHETIC_DIR and d.main and not data_dir.exists():
         log.info("drawing a synthetic data set of %d images in %s (first use)", cfg.synthetic_images, data_dir)
-        write_synthetic_dataset(data_dir, cfg.synthetic_images, seed=0)
+        partial = data_dir.with_name(data_dir.name + ".partial")   # renamed when complete: never half a set
+        shutil.rmtree(partial, ignore_errors=True)
+        write_synthetic_dataset(partial, cfg.synthetic_images, seed=0)
+        partial.rename(data_dir)
+    if d.world > 1:
+        dist.barrier()                                  # the others wait for rank 0's data set
     mc = model.config
     common = dict(image_size=mc.image_size, mean=mc.mean, std=mc.std, size_multiple=mc.size_multiple,
                   seed=cfg.seed, test_split=cfg.test_split or None, val_fraction=cfg.val_fraction,
@@ -432,6 +446,15 @@ def my_shares(micro_batches: list[list[int]], d: Dist) -> tuple[list[list[int]],
     return [m or b[:1] for m, b in zip(mine, micro_batches)], [len(m) / images for m in mine]
 
 
+def warn_if_changed(ckpt: dict, cfg: TrainConfig, step_images: int) -> None:
+    """A resumed run equals one never interrupted only with the same data, order and steps."""
+    changed = [k for k in ("seed", "test_split", "val_fraction") if ckpt["train_config"].get(k) != getattr(cfg, k)]
+    if ckpt["step_images"] != step_images:
+        changed.append(f"images per step ({ckpt['step_images']} -> {step_images})")
+    if changed:
+        log.warning("resuming with changed %s: the run will not match one never interrupted", ", ".join(changed))
+
+
 def restore(cfg: TrainConfig, device: torch.device):
     """The model, its stage and the checkpoint to resume (None when starting a stage)."""
     resume = resume_path(cfg)
@@ -439,6 +462,9 @@ def restore(cfg: TrainConfig, device: torch.device):
         model, stage = build_model(cfg)
         return model.to(device), stage, None
     ckpt = read_checkpoint(resume)
+    if "optimizer" not in ckpt:
+        raise CheckpointError(f"{resume}: holds weights only, not a training state to resume; "
+                              "start a new stage from it with --pretrained_model_path")
     model = UNet(UNetConfig.from_dict(ckpt["model_config"]))
     load_state(model, ckpt["model"], str(resume))
     log.info("resuming %s at step %d (epoch %d)", resume, ckpt["step"], ckpt["epoch"])
@@ -465,8 +491,9 @@ def train(cfg: TrainConfig) -> Path:
         scaler.load_state_dict(ckpt["scaler"])
         step, epoch, epoch_images, best = ckpt["step"], ckpt["epoch"], ckpt["epoch_images"], ckpt["best_miou"]
         torch.set_rng_state(ckpt["rng"]["torch"])
+        warn_if_changed(ckpt, cfg, cfg.batch_size * cfg.gradient_accumulation_steps * d.world)
 
-    train_set, val_set = make_datasets(cfg, model)
+    train_set, val_set = make_datasets(cfg, model, d)
     step_images = cfg.batch_size * cfg.gradient_accumulation_steps * d.world
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(train_set) / step_images))
     net = DistributedDataParallel(model) if d.world > 1 else model
@@ -483,7 +510,8 @@ def train(cfg: TrainConfig) -> Path:
     bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, disable=not d.main)
     while step < total_steps:
         train_set.set_epoch(epoch)
-        windows = epoch_windows(len(train_set), cfg, epoch, d.world)[epoch_images // step_images:]
+        done = -(-epoch_images // step_images)   # steps of this epoch already taken (a short last one too)
+        windows = epoch_windows(len(train_set), cfg, epoch, d.world)[done:]
         mine = [b for w in windows for b in my_shares(w, d)[0]]
         batches = iter(make_loader(train_set, cfg, mine, device))
         for micro_batches in windows:
@@ -530,8 +558,8 @@ def train(cfg: TrainConfig) -> Path:
                     if d.main:
                         best = log_validation(writer, metrics, panel, step, best, model, cfg, stage, output_dir)
                 if d.main:
-                    save_step_checkpoint(training_state(model, optimizer, scaler, cfg, stage, step, epoch,
-                                                        epoch_images, best), output_dir, cfg.checkpoints_total_limit)
+                    save_step_checkpoint(training_state(model, optimizer, scaler, cfg, stage, step, epoch, epoch_images,
+                                                        step_images, best), output_dir, cfg.checkpoints_total_limit)
             if stopping:
                 raise SystemExit(f"stopped by a signal at step {step}; continue with --resume latest")
         else:
@@ -541,8 +569,7 @@ def train(cfg: TrainConfig) -> Path:
     final = output_dir / cfg.output_file_name
     if d.main:
         writer.close()
-        save_atomic({**model_checkpoint(model), "train_config": dataclasses.asdict(cfg), "stage": stage,
-                     "step": step, "val": metrics}, final)
+        save_atomic(weights_payload(model, cfg, stage, step, metrics), final)
     if d.world > 1:
         dist.destroy_process_group()
     return final
@@ -566,8 +593,7 @@ def log_validation(writer: SummaryWriter, metrics: dict, panel, step: int, best:
     tqdm.write(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
     if metrics["mIoU"] <= best:
         return best
-    save_atomic({**model_checkpoint(model), "train_config": dataclasses.asdict(cfg),
-                 "stage": stage, "step": step, "val": metrics}, output_dir / "best.pt")
+    save_atomic(weights_payload(model, cfg, stage, step, metrics), output_dir / "best.pt")
     return metrics["mIoU"]
 
 
@@ -576,7 +602,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(argv)
     try:
         final = train(cfg)
-    except (DataError, CheckpointError, FloatingPointError, OSError) as e:
+    except (ValueError, FloatingPointError, OSError) as e:   # DataError, CheckpointError included
         sys.exit(f"error: {e}")
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"\nfinal weights: {final}\ncheckpoints:   {Path(cfg.output_dir) / 'checkpoints'}"

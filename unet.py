@@ -132,7 +132,8 @@ class AttentionBottleneck(nn.Module):
         x = self.proj_in(x)
         x = x + sinusoidal_position_encoding(x.shape[1], x.shape[2], x.shape[3], x.device, x.dtype)
         for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if self.gradient_checkpointing else block(x)
+            recompute = self.gradient_checkpointing and self.training
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return x
 
 

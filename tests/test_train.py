@@ -73,9 +73,12 @@ def test_the_five_stages_chain_and_train_only_what_they_should(data_dir, tmp_pat
     assert changed(s4_start, w5), "stage 5 trains local attention too"
 
 
-def test_resume_continues_exactly(data_dir, tmp_path):
-    flags = ["--max_steps", "6", "--checkpointing_steps", "3", "--checkpoints_total_limit", "5",
-             "--gradient_accumulation_steps", "2"]   # 4 steps per epoch: the resume lands mid-epoch 2
+@pytest.mark.parametrize("layout", [
+    ["--gradient_accumulation_steps", "2"],   # 8 training images, 2 steps of 2x2 an epoch: step 3 is mid-epoch
+    ["--batch_size", "3"],                    # steps of 3, 3, 2 images: step 3 ends an epoch on a short step
+])
+def test_resume_continues_exactly(data_dir, tmp_path, layout):
+    flags = ["--max_steps", "6", "--checkpointing_steps", "3", "--checkpoints_total_limit", "5", *layout]
     straight = train(data_dir, tmp_path / "straight", *flags)
     middle = tmp_path / "straight" / "checkpoints" / "step-0000003.pt"
     assert read_checkpoint(middle)["step"] == 3
@@ -83,6 +86,13 @@ def test_resume_continues_exactly(data_dir, tmp_path):
     a, b = weights(straight), weights(resumed)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_needs_a_training_state_not_just_weights(data_dir, tmp_path):
+    final = train(data_dir, tmp_path / "run", "--max_steps", "1")
+    with pytest.raises(SystemExit, match="holds weights only.*--pretrained_model_path"):
+        run.main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "again"), *FAST,
+                  "--resume", str(final)])
 
 
 def test_resume_latest_picks_the_newest_checkpoint_or_starts_fresh(data_dir, tmp_path):

@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Match dataset.py's LABELS (24 ids, 0-23) and IGNORE_INDEX; kept here so losses.py stands alone.
-NUM_LABELS = 24
-IGNORE_INDEX = 255
+from dataset import IGNORE_INDEX, NUM_LABELS
+
 
 # The published weights: small accessories (eyeglass, neckwear, ring, wrist wearing, necklace,
 # earrings, tie) cover few pixels and would otherwise be drowned by background and skin.

@@ -46,17 +46,18 @@ def same_weights(a: Path, b: Path) -> None:
 
 
 def test_sigkill_at_a_random_moment_then_resume_latest_gives_the_same_weights(data_dir, tmp_path):
-    straight = run.train(run.parse_config(command(data_dir, tmp_path / "straight")[2:]))
+    steps = ["--max_steps", "30"]     # long enough that the kill lands before the end
+    straight = run.train(run.parse_config(command(data_dir, tmp_path / "straight", *steps)[2:]))
     out = tmp_path / "killed"
-    proc = subprocess.Popen(command(data_dir, out, "--resume", "latest"), cwd=ROOT,
+    proc = subprocess.Popen(command(data_dir, out, *steps, "--resume", "latest"), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_checkpoint(out, proc)
     time.sleep(random.Random(os.getpid()).uniform(0, 1.0))   # anywhere: mid-step or mid-write
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "model.pt").exists(), "killed too late to test anything"
-    done = subprocess.run(command(data_dir, out, "--resume", "latest"), cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(command(data_dir, out, *steps, "--resume", "latest"), cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     same_weights(straight, out / "model.pt")
 

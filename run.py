@@ -43,7 +43,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from dataset import DataError, FashionDataset, colorize, write_synthetic_dataset
-from evaluate import confusion_matrix, mean_iou, pixel_accuracy
+from evaluate import confusion_matrix, mean_iou, pixel_accuracy, to_rgb
 from losses import LossConfig, segmentation_loss
 from unet import (PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, load_state, model_checkpoint,
                   pick_device, read_checkpoint, stage_parameters, swap_bottleneck, unwrap)
@@ -399,9 +399,8 @@ def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.dev
 
 def panel_rows(image, mask, pred, boundary_logits, dataset: FashionDataset) -> list[torch.Tensor]:
     """Per image a (3, H, 4W) uint8 row: input | ground truth | prediction | boundary."""
-    mean = torch.tensor(dataset.mean).view(1, 3, 1, 1)
-    std = torch.tensor(dataset.std).view(1, 3, 1, 1)
-    rgb = ((image * std + mean).clamp(0, 1) * 255).to(torch.uint8)              # (B, 3, H, W)
+    rgb = torch.stack([torch.from_numpy(to_rgb(im, dataset.mean, dataset.std)).permute(2, 0, 1)
+                       for im in image])                                        # (B, 3, H, W) uint8
     edge = (boundary_logits.float().sigmoid().cpu() * 255).to(torch.uint8)[:, None].expand(-1, 3, -1, -1)
     row = torch.cat([rgb, colorize(mask.cpu()), colorize(pred.cpu()), edge], dim=3)
     return list(row)
@@ -485,16 +484,16 @@ def train(cfg: TrainConfig) -> Path:
     model.set_gradient_checkpointing(cfg.gradient_checkpointing)
     optimizer = make_optimizer(model, stage, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
+    step_images = cfg.batch_size * cfg.gradient_accumulation_steps * d.world
     step, epoch, epoch_images, best = 0, 0, 0, -1.0
     if ckpt:
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         step, epoch, epoch_images, best = ckpt["step"], ckpt["epoch"], ckpt["epoch_images"], ckpt["best_miou"]
         torch.set_rng_state(ckpt["rng"]["torch"])
-        warn_if_changed(ckpt, cfg, cfg.batch_size * cfg.gradient_accumulation_steps * d.world)
+        warn_if_changed(ckpt, cfg, step_images)
 
     train_set, val_set = make_datasets(cfg, model, d)
-    step_images = cfg.batch_size * cfg.gradient_accumulation_steps * d.world
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(train_set) / step_images))
     net = DistributedDataParallel(model) if d.world > 1 else model
     net = torch.compile(net) if cfg.compile else net

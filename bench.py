@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from dataset import FashionDataset, boundary_target, write_synthetic_dataset
+from dataset import FashionDataset, boundary_target, prepare_batch, write_synthetic_dataset
 from losses import LossConfig, segmentation_loss
 from postprocess import postprocess
 from unet import PRESETS, UNet, UNetConfig
@@ -127,19 +127,28 @@ def postprocess_time(size: int, repeats: int) -> float:
 
 
 def loading_rates(folder: Path, count: int) -> dict:
-    """Samples per second in one process (= per worker) beside decoding the same JPEGs fully."""
+    """Samples per second on one thread (= one DataLoader worker) beside decoding the same JPEGs at
+    full size into an RGB array (np.asarray(Image.open(path)), the least any loader does) and beside
+    PIL's bare decode into its own buffer; then the device-side batch preparation per sample."""
     write_synthetic_dataset(folder, count, seed=0)
     paths = sorted((folder / "images").glob("*.jpg"))
 
-    def decode_all():
+    def decode_all(to_array: bool):
         for p in paths:
             with Image.open(p) as im:
-                np.asarray(im.convert("RGB"))
+                np.asarray(im) if to_array else im.load()
 
-    result = {"decode_full_per_s": len(paths) / timed(decode_all, 3)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as in a DataLoader worker
+    result = {"decode_full_per_s": len(paths) / timed(lambda: decode_all(True), 5),
+              "decode_bare_per_s": len(paths) / timed(lambda: decode_all(False), 5)}
     for size in (512, 256):
         ds = FashionDataset(folder, "all", image_size=size, mode="random_strip", color_jitter=0.1)
-        result[f"samples_{size}_per_s"] = len(ds) / timed(lambda: [ds[i] for i in range(len(ds))], 3)
+        result[f"samples_{size}_per_s"] = len(ds) / timed(lambda: [ds[i] for i in range(len(ds))], 5)
+    torch.set_num_threads(threads)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(8)])   # 256 px samples
+    seconds = timed(lambda: prepare_batch(batch, PRESETS["tiny"].mean, PRESETS["tiny"].std, torch.device("cpu")), 5)
+    result["prepare_256_per_sample_s"] = seconds / 8
     return result
 
 
@@ -225,11 +234,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         r["loading"] = loading_rates(Path(tmp), 24)
     d = r["loading"]
-    rows.append(("decode 750x1101 JPEG, full size", f"{d['decode_full_per_s']:.1f} images/s"))
+    rows.append(("decode 750x1101 JPEG to an RGB array", f"{d['decode_full_per_s']:.1f} images/s "
+                 f"(PIL's bare decode: {d['decode_bare_per_s']:.1f}/s)"))
     for size in (512, 256):
         rate = d[f"samples_{size}_per_s"]
         rows.append((f"  training sample at {size}, one worker",
                      f"{rate:.1f} samples/s = {d['decode_full_per_s'] / rate:.2f}x the decode time"))
+    rows.append(("  then on the device (here the CPU): jitter, normalise, boundary",
+                 f"{d['prepare_256_per_sample_s'] * 1000:.2f} ms per 256 px sample"))
 
     r["peak_memory"] = {"plain": peak_memory(False), "checkpointing": peak_memory(True)}
     where = "CUDA allocator" if torch.cuda.is_available() else "process RSS"

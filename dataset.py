@@ -173,25 +173,31 @@ def split_pairs(pairs: list[Pair], split: str, test_split: str | Path | None = N
 
 # ---------------------------------------------------------------------------------- reading files
 
-def read_mask(path: Path) -> np.ndarray:
-    """A label-id PNG -> (H, W) uint8 ids. Mode P is read as stored indices, never through its palette."""
+def open_mask(path: Path) -> Image.Image:
+    """A label-id PNG, decoded and checked -> mode L or P image whose pixel values are the label ids
+    (a P image's palette is never applied). Cropping and resizing it in PIL before converting to an
+    array is what keeps a training sample cheap."""
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()  # inside the try: a truncated file only fails here
-            mode = img.mode
-            labels = np.asarray(img) if mode in ("L", "P") else None
     except _PIL_ERRORS as err:
         raise DataError(f"{path}: cannot read mask ({err})") from err
-    if mode in ("RGB", "RGBA"):
+    if img.mode in ("RGB", "RGBA"):
         raise DataError(f"{path}: mask is RGB-coloured; expected a single-channel label-id PNG (mode L or P)")
-    if labels is None:
-        raise DataError(f"{path}: mask has mode {mode}; expected a single-channel label-id PNG (mode L or P)")
-    if labels.max() >= NUM_LABELS:
+    if img.mode not in ("L", "P"):
+        raise DataError(f"{path}: mask has mode {img.mode}; expected a single-channel label-id PNG (mode L or P)")
+    if img.getextrema()[1] >= NUM_LABELS:  # the stored values (for P: palette indices)
+        labels = np.asarray(img)
         values, counts = np.unique(labels[labels >= NUM_LABELS], return_counts=True)
         found = ", ".join(f"{v} ({c} px)" for v, c in zip(values.tolist(), counts.tolist()))
         raise DataError(f"{path}: label values above {NUM_LABELS - 1}: {found}")
-    return labels
+    return img
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A label-id PNG -> (H, W) uint8 ids, checked as `open_mask` does."""
+    return np.asarray(open_mask(path))
 
 
 class DecodedImage(NamedTuple):
@@ -215,29 +221,27 @@ def read_image(path: Path, min_side: int | None = None) -> DecodedImage:
                 if drafted is not None:
                     scale = drafted[1][2] / size[0]  # exactly 1/s; the decoded width ceil(W/s) is not
             img.load()  # truncation raises here (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
-            rgb = img.convert("RGB")
+            rgb = img if img.mode == "RGB" else img.convert("RGB")  # converting RGB would copy it
     except _PIL_ERRORS as err:
         raise DataError(f"{path}: cannot decode photo ({err})") from err
     return DecodedImage(rgb, size, scale)
 
 
-def prepare_whole_image(image: Image.Image | DecodedImage, image_size: int, size_multiple: int,
-                        mean: tuple[float, float, float], std: tuple[float, float, float]
+def prepare_whole_image(image: Image.Image | DecodedImage, image_size: int, size_multiple: int
                         ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """An RGB photo -> ((3, Hp, Wp) float32 model input, (h, w) before padding), as "whole" mode and
-    predict.py feed it: scaled by image_size / min(W, H) (the training scale, so objects keep their
-    trained size), normalised, padded bottom/right with 0 (the mean colour) to a multiple of
-    size_multiple. A DecodedImage from read_image may be draft-decoded; its scale is honoured."""
+    """An RGB photo -> ((3, Hp, Wp) uint8 pixels, (h, w) before padding), as "whole" mode and predict.py
+    feed it: scaled by image_size / min(W, H) (the training scale, so objects keep their trained size) and
+    padded bottom/right to a multiple of size_multiple (`normalize` turns the padding into 0, the mean
+    colour). A DecodedImage from read_image may be draft-decoded; its scale is honoured."""
     decoded = image if isinstance(image, DecodedImage) else DecodedImage(image, image.size, 1.0)
     width, height = decoded.original_size
     zoom = image_size / min(width, height)
     out_w, out_h = max(1, round(width * zoom)), max(1, round(height * zoom))
     box = (0, 0, width * decoded.scale, height * decoded.scale)  # the whole photo, in decoded pixels
     resized = decoded.image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)
-    pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1).float().div_(255)  # (3, h, w) in [0, 1]
-    normalised = (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    pixels = torch.from_numpy(np.array(resized)).permute(2, 0, 1)  # (3, h, w) uint8
     pad = (0, -out_w % size_multiple, 0, -out_h % size_multiple)
-    return F.pad(normalised, pad), (out_h, out_w)  # (3, Hp, Wp)
+    return F.pad(pixels, pad), (out_h, out_w)  # (3, Hp, Wp)
 
 
 def _size_mismatch(pair: Pair, image_size: tuple[int, int], mask_shape: tuple[int, ...]) -> str:
@@ -246,19 +250,70 @@ def _size_mismatch(pair: Pair, image_size: tuple[int, int], mask_shape: tuple[in
 
 
 def boundary_target(mask: torch.Tensor) -> torch.Tensor:
-    """(..., H, W) integer label ids -> (..., H, W) float32: 1 where a 4-neighbour inside the image has
-    another label, else 0. IGNORE_INDEX is compared like any label (keep it simple; losses mask padding),
-    which is why FashionDataset computes this before padding."""
+    """(..., H, W) integer label ids -> (..., H, W) float32: 1 where a 4-neighbour has another label, else 0.
+    IGNORE_INDEX (padding) is nobody's neighbour and never a boundary: padding adds no edges."""
     if mask.dim() < 2:
         raise ValueError(f"boundary_target needs (..., H, W), got shape {tuple(mask.shape)}")
+    known = mask != IGNORE_INDEX
     edge = torch.zeros(mask.shape, dtype=torch.bool, device=mask.device)
-    vertical = mask[..., 1:, :] != mask[..., :-1, :]  # (..., H-1, W): differs from the pixel below
+    # (..., H-1, W): differs from the pixel below, both labelled
+    vertical = (mask[..., 1:, :] != mask[..., :-1, :]) & known[..., 1:, :] & known[..., :-1, :]
     edge[..., 1:, :] |= vertical
     edge[..., :-1, :] |= vertical
-    horizontal = mask[..., :, 1:] != mask[..., :, :-1]  # (..., H, W-1): differs from the pixel right
+    # (..., H, W-1): differs from the pixel to the right, both labelled
+    horizontal = (mask[..., :, 1:] != mask[..., :, :-1]) & known[..., :, 1:] & known[..., :, :-1]
     edge[..., :, 1:] |= horizontal
     edge[..., :, :-1] |= horizontal
     return edge.float()
+
+
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as PIL's convert("L")
+
+
+def color_jitter(image: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float pixel values in [0, 255] and (B, 3) factors (brightness, contrast, saturation;
+    1 = unchanged) -> (B, 3, H, W) in [0, 255]. Brightness scales; contrast stretches about the image's
+    mean grey; saturation blends each pixel with its grey. torchvision's definitions, in this order."""
+    weights = image.new_tensor(GREY_WEIGHTS).view(1, 3, 1, 1)
+    brightness, contrast, saturation = factors.to(image).T[..., None, None, None]   # 3 x (B, 1, 1, 1)
+    x = (image * brightness).clamp_(0, 255)
+    mean_grey = (x * weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)      # (B, 1, 1, 1)
+    x = ((x - mean_grey) * contrast + mean_grey).clamp_(0, 255)
+    grey = (x * weights).sum(1, keepdim=True)                                      # (B, 1, H, W)
+    return ((x - grey) * saturation + grey).clamp_(0, 255)
+
+
+def normalize(image: torch.Tensor, mean: tuple[float, float, float], std: tuple[float, float, float],
+              valid_hw: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 3, H, W) pixel values in [0, 255] (uint8 or float) -> (x / 255 - mean) / std, float32 (or the
+    input's float type). With valid_hw ((B, 2) height and width before padding) the padding becomes
+    exactly 0, the mean colour."""
+    image = image if image.is_floating_point() else image.float()  # float64 stays float64
+    mean_t = image.new_tensor(mean).view(1, 3, 1, 1) * 255
+    std_t = image.new_tensor(std).view(1, 3, 1, 1) * 255
+    out = (image - mean_t) / std_t
+    if valid_hw is not None:
+        height, width = out.shape[-2:]
+        rows = torch.arange(height, device=out.device)[None, :, None] < valid_hw[:, :1, None]   # (B, H, 1)
+        cols = torch.arange(width, device=out.device)[None, None, :] < valid_hw[:, 1:, None]    # (B, 1, W)
+        out = out * (rows & cols)[:, None]
+    return out
+
+
+def prepare_batch(batch: dict[str, torch.Tensor], mean: tuple[float, float, float],
+                  std: tuple[float, float, float], device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A collated batch of FashionDataset samples -> on `device`: image (B, 3, H, W) float32 (or the
+    batch's float type), jittered
+    (when the samples carry jitter factors) and normalised; mask (B, H, W) int64; boundary target
+    (B, H, W) float32. The per-pixel work runs here, once per batch, on the device; only uint8 crosses."""
+    image = batch["image"].to(device, non_blocking=True)
+    image = image if image.is_floating_point() else image.float()
+    if "jitter" in batch:
+        image = color_jitter(image, batch["jitter"].to(device))
+    valid_hw = batch["valid_hw"].to(device) if "valid_hw" in batch else None
+    mask = batch["mask"].to(device, non_blocking=True).long()
+    return normalize(image, mean, std, valid_hw), mask, boundary_target(mask)
 
 
 def colorize(mask: torch.Tensor) -> torch.Tensor:
@@ -278,6 +333,11 @@ class FashionDataset(torch.utils.data.Dataset):
     750x750 band at some height) and resize it to image_size. "whole" scales the full photo by the same
     image_size / min(W, H) and pads bottom/right to a multiple of size_multiple.
 
+    A sample is uint8: "image" (3, S, S) pixels, "mask" (S, S) label ids (IGNORE_INDEX = padding), and
+    "index"; "whole" adds "valid_hw" (the size before padding) and "random_strip" with color_jitter > 0
+    adds "jitter" (3,) factors. `prepare_batch` turns a collated batch into model input on the device:
+    a worker only decodes, crops and resizes, and a quarter of the bytes of float32 cross to the GPU.
+
     Every random choice for a sample comes from np.random.default_rng((seed, epoch, index)), so a sample
     depends only on those three numbers - not on worker count, process or order - and a resumed run
     sees the same samples. Call set_epoch before each epoch (DataLoader workers copy the data set when
@@ -285,19 +345,15 @@ class FashionDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", image_size: int = 512,
-                 mode: str = "random_strip", mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-                 std: tuple[float, float, float] = (0.229, 0.224, 0.225), hflip: bool = True,
-                 color_jitter: float = 0.0, size_multiple: int = 32, seed: int = 0,
-                 test_split: str | Path | None = None, val_fraction: float = 0.05, skip_bad: bool = False,
-                 pairs: list[Pair] | None = None) -> None:
+                 mode: str = "random_strip", hflip: bool = True, color_jitter: float = 0.0,
+                 size_multiple: int = 32, seed: int = 0, test_split: str | Path | None = None,
+                 val_fraction: float = 0.05, skip_bad: bool = False, pairs: list[Pair] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if image_size < 1 or size_multiple < 1:
             raise ValueError(f"image_size and size_multiple must be positive, got {image_size}, {size_multiple}")
         if not 0 <= color_jitter < 1:
             raise ValueError(f"color_jitter must be in [0, 1), got {color_jitter}")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values each, std > 0; got {mean}, {std}")
         self.root = Path(root)
         # given pairs are used as they are: the caller has already chosen them
         self.pairs = list(pairs) if pairs is not None else split_pairs(
@@ -306,9 +362,6 @@ class FashionDataset(torch.utils.data.Dataset):
             raise DataError(f"{self.root}: no pairs given")
         self.image_size, self.mode, self.size_multiple = image_size, mode, size_multiple
         self.hflip, self.color_jitter, self.seed, self.skip_bad = hflip, color_jitter, seed, skip_bad
-        self.mean, self.std = tuple(mean), tuple(std)
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.epoch = 0
         # Bad samples seen so far, in shared memory: DataLoader workers inherit this tensor, so a bad
         # file is reported once per run, not once per worker or epoch, and then skipped fast.
@@ -341,62 +394,51 @@ class FashionDataset(torch.utils.data.Dataset):
         pair = self.pairs[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
         decoded = read_image(pair.image, self.image_size)
-        labels = read_mask(pair.mask)  # (H, W) uint8
+        mask = open_mask(pair.mask)
         width, height = decoded.original_size
-        if labels.shape != (height, width):
-            raise DataError(_size_mismatch(pair, decoded.original_size, labels.shape))
+        if mask.size != decoded.original_size:
+            raise DataError(_size_mismatch(pair, decoded.original_size, (mask.height, mask.width)))
         if self.mode == "whole":
-            return self._whole_sample(decoded, labels, index)
-        box, out_size = self._geometry(width, height, rng)
-        # the same box in both coordinate systems keeps photo and mask pixel-aligned
-        image = decoded.image.resize(out_size, Image.Resampling.BILINEAR,
-                                     box=tuple(c * decoded.scale for c in box))
-        mask = Image.fromarray(labels).resize(out_size, Image.Resampling.NEAREST, box=box)
-        if self.mode == "random_strip":
-            image, mask = self._augment(image, mask, rng)
-        image_t = torch.from_numpy(np.array(image)).permute(2, 0, 1).float()  # (3, h, w) in [0, 255]
-        mask_t = torch.from_numpy(np.array(mask)).long()  # (h, w)
-        return {"image": image_t.sub_(self._mean * 255).div_(self._std * 255), "mask": mask_t,
-                "boundary": boundary_target(mask_t), "index": torch.tensor(index, dtype=torch.int64)}
+            return self._whole_sample(decoded, mask, index)
+        step = round(1 / decoded.scale)  # original pixels per decoded pixel
+        box = self._strip(width, height, step, rng)
+        # the box is whole pixels in both images, so photo and mask stay pixel-aligned
+        crop = np.array(decoded.image.crop(tuple(c // step for c in box)))            # (s, s, 3) uint8
+        pixels = torch.from_numpy(crop).permute(2, 0, 1)[None]                         # (1, 3, s, s)
+        size = (self.image_size, self.image_size)
+        # uint8 in, uint8 out, channels-last: torch's vectorised path, twice as fast as PIL's resize
+        image = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        labels = torch.from_numpy(np.array(mask.resize(size, Image.Resampling.NEAREST, box=box)))  # (S, S)
+        sample = {"image": image, "mask": labels, "index": torch.tensor(index, dtype=torch.int64)}
+        return self._augment(sample, rng) if self.mode == "random_strip" else sample
 
-    def _whole_sample(self, decoded: DecodedImage, labels: np.ndarray, index: int) -> dict[str, torch.Tensor]:
-        """The photo through prepare_whole_image; the mask at the same size, padded with IGNORE_INDEX,
-        and its boundary padded with 0 (it is computed on the unpadded mask)."""
-        image, (height, width) = prepare_whole_image(decoded, self.image_size, self.size_multiple,
-                                                     self.mean, self.std)  # (3, Hp, Wp)
-        mask = Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST)
-        mask_t = torch.from_numpy(np.array(mask)).long()  # (h, w)
+    def _whole_sample(self, decoded: DecodedImage, mask: Image.Image, index: int) -> dict[str, torch.Tensor]:
+        """The photo through prepare_whole_image; the mask at the same size, padded with IGNORE_INDEX."""
+        image, (height, width) = prepare_whole_image(decoded, self.image_size, self.size_multiple)  # (3, Hp, Wp)
+        labels = torch.from_numpy(np.array(mask.resize((width, height), Image.Resampling.NEAREST)))  # (h, w)
         pad = (0, image.shape[-1] - width, 0, image.shape[-2] - height)
-        return {"image": image, "mask": F.pad(mask_t, pad, value=IGNORE_INDEX),  # (Hp, Wp)
-                "boundary": F.pad(boundary_target(mask_t), pad), "index": torch.tensor(index, dtype=torch.int64),
+        return {"image": image, "mask": F.pad(labels, pad, value=IGNORE_INDEX),  # (Hp, Wp)
+                "index": torch.tensor(index, dtype=torch.int64),
                 "valid_hw": torch.tensor([height, width], dtype=torch.int64)}
 
-    def _geometry(self, width: int, height: int, rng: np.random.Generator
-                  ) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
-        """Strip modes -> (crop box in original pixels, output (w, h))."""
-        side = min(width, height)
-        slack = max(width, height) - side
-        offset = int(rng.integers(0, slack + 1)) if self.mode == "random_strip" else slack // 2
-        box = (0, offset, width, offset + side) if height >= width else (offset, 0, offset + side, height)
-        return box, (self.image_size, self.image_size)
+    def _strip(self, width: int, height: int, step: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """The strip's box in original pixels: a square of side min(W, H) along the long axis, at a random
+        (training) or the central offset. Side and offset are multiples of `step`, the draft-decode
+        factor, so the box is whole pixels in the decoded photo too."""
+        side = min(width, height) // step * step
+        positions = (max(width, height) - side) // step + 1  # offsets 0, step, 2 step, ... that fit
+        choice = int(rng.integers(0, positions)) if self.mode == "random_strip" else (positions - 1) // 2
+        offset = choice * step
+        return (0, offset, side, offset + side) if height >= width else (offset, 0, offset + side, side)
 
-    def _augment(self, image: Image.Image, mask: Image.Image, rng: np.random.Generator
-                 ) -> tuple[Image.Image, Image.Image]:
-        """Flip (no label is left/right specific) and colour jitter, on 8-bit images: PIL does each
-        in one pass, several times faster than float tensor arithmetic."""
+    def _augment(self, sample: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Flip (no label is left/right specific); draw colour jitter factors for `prepare_batch`."""
         if self.hflip and rng.random() < 0.5:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            sample["image"], sample["mask"] = sample["image"].flip(-1), sample["mask"].flip(-1)
         if self.color_jitter > 0:
-            brightness, contrast, saturation = rng.uniform(1 - self.color_jitter, 1 + self.color_jitter, 3)
-            counts = np.asarray(image.histogram(), dtype=np.float64).reshape(3, 256)
-            channel_means = counts @ np.arange(256) / counts.sum(1)
-            grey = brightness * float(channel_means @ (0.299, 0.587, 0.114))  # mean grey after brightness
-            # brightness, then contrast about the mean grey: one lookup table, one pass
-            lut = np.clip((np.clip(np.arange(256) * brightness, 0, 255) - grey) * contrast + grey, 0, 255)
-            image = image.point(np.rint(lut).astype(np.uint8).tolist() * 3)
-            image = Image.blend(image.convert("L").convert("RGB"), image, saturation)  # towards pixel grey
-        return image, mask
+            factors = rng.uniform(1 - self.color_jitter, 1 + self.color_jitter, 3)  # brightness, contrast, saturation
+            sample["jitter"] = torch.from_numpy(factors.astype(np.float32))
+        return sample
 
 
 # ---------------------------------------------------------------------------------- data check

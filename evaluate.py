@@ -31,7 +31,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import IGNORE_INDEX, LABELS, NUM_LABELS, PALETTE, DataError, FashionDataset, boundary_target
+from dataset import (IGNORE_INDEX, LABELS, NUM_LABELS, PALETTE, FashionDataset, boundary_target,
+                     prepare_batch)
 from postprocess import PostprocessConfig, postprocess
 
 # Left out of the published table: labels under this share (in %) of the labelled pixels
@@ -270,8 +271,9 @@ def evaluate(model, dataset: FashionDataset, out: Path, device: torch.device, ba
     edges = np.zeros(4, dtype=np.int64)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     for batch in tqdm(loader, desc="evaluating", unit="batch"):
+        image, _, _ = prepare_batch(batch, model.config.mean, model.config.std, device)
         with torch.inference_mode(), autocast:
-            output = model(batch["image"].to(device))
+            output = model(image)
         probs = output.mask_logits.float().softmax(1).cpu()                 # (B, L, H, W)
         edge_probs = output.boundary_logits.float().sigmoid().cpu()          # (B, H, W)
         for i, index in enumerate(batch["index"].tolist()):
@@ -290,7 +292,7 @@ def evaluate(model, dataset: FashionDataset, out: Path, device: torch.device, ba
             edges += boundary_counts(edge >= threshold, boundary_target(truth).numpy() > 0)
             if panels > 0 and len(rows["raw"]) <= panels:
                 save_panel(out / "panels" / f"{Path(name).stem}.png",
-                           to_rgb(batch["image"][i, :, :h, :w], dataset.mean, dataset.std),
+                           batch["image"][i, :, :h, :w].permute(1, 2, 0).numpy(),
                            {"truth": truth.numpy(), **maps}, edge)
     out.mkdir(parents=True, exist_ok=True)
     for v in variants:
@@ -342,8 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         model = load_model(args.checkpoint)
         config = model.config
         dataset = FashionDataset(args.data_dir, args.split, image_size=config.image_size, mode=args.mode,
-                                 mean=config.mean, std=config.std, size_multiple=config.size_multiple,
-                                 test_split=args.test_split)
+                                 size_multiple=config.size_multiple, test_split=args.test_split)
     except ValueError as e:                         # DataError and CheckpointError included
         sys.exit(f"error: {e}")
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
@@ -357,11 +358,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"boundary F-score: {results['boundary F-score']:.4f}")
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     for i in range(min(args.backwards, len(dataset))):
-        sample = dataset[i]
-        image, target = sample["image"][None].to(device), sample["mask"][None].to(device)
+        batch = {k: v[None] for k, v in dataset[i].items()}  # a batch of one
+        image, target, _ = prepare_batch(batch, config.mean, config.std, device)   # (1, 3, H, W), (1, H, W)
         after, accuracy = run_backwards(model, image, target, config.mean, config.std,
                                         args.backwards_steps, args.backwards_lr)
-        save_backwards(out / "backwards", dataset.pairs[i].stem, to_rgb(image[0], config.mean, config.std),
+        save_backwards(out / "backwards", dataset.pairs[i].stem, batch["image"][0].permute(1, 2, 0).numpy(),
                        to_rgb(after[0], config.mean, config.std))
         print(f"backwards {dataset.pairs[i].stem}: pixel accuracy against the target "
               f"{accuracy[0]:.4f} -> {accuracy[1]:.4f}")

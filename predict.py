@@ -42,7 +42,7 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
 import unet
-from dataset import LABELS, NUM_LABELS, PALETTE, prepare_whole_image
+from dataset import LABELS, NUM_LABELS, PALETTE, normalize, prepare_whole_image
 from postprocess import postprocess
 
 # Files inside a folder count as inputs only with these suffixes; files named explicitly are always tried.
@@ -173,8 +173,8 @@ def load_jobs(paths: list[Path], names: list[str], backend: Backend, max_pixels:
         except PhotoError as err:
             skip(str(err))
             continue
-        model_input, valid_hw = prepare_whole_image(photo, backend.image_size, backend.size_multiple,
-                                                    backend.mean, backend.std)
+        pixels, valid_hw = prepare_whole_image(photo, backend.image_size, backend.size_multiple)  # (3, Hp, Wp) uint8
+        model_input = normalize(pixels[None], backend.mean, backend.std, torch.tensor([valid_hw]))[0]
         yield Job(path, name, photo, model_input, valid_hw)
 
 

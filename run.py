@@ -42,8 +42,8 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from dataset import DataError, FashionDataset, colorize, write_synthetic_dataset
-from evaluate import confusion_matrix, mean_iou, pixel_accuracy, to_rgb
+from dataset import FashionDataset, colorize, prepare_batch, write_synthetic_dataset
+from evaluate import confusion_matrix, mean_iou, pixel_accuracy
 from losses import LossConfig, segmentation_loss
 from unet import (PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, load_state, model_checkpoint,
                   pick_device, read_checkpoint, stage_parameters, swap_bottleneck, unwrap)
@@ -347,8 +347,7 @@ def make_datasets(cfg: TrainConfig, model: UNet, d: Dist) -> tuple[FashionDatase
     if d.world > 1:
         dist.barrier()                                  # the others wait for rank 0's data set
     mc = model.config
-    common = dict(image_size=mc.image_size, mean=mc.mean, std=mc.std, size_multiple=mc.size_multiple,
-                  seed=cfg.seed, test_split=cfg.test_split or None, val_fraction=cfg.val_fraction,
+    common = dict(image_size=mc.image_size, size_multiple=mc.size_multiple, seed=cfg.seed, test_split=cfg.test_split or None, val_fraction=cfg.val_fraction,
                   skip_bad=cfg.skip_bad_samples)
     train = FashionDataset(data_dir, "train", mode="random_strip", color_jitter=cfg.color_jitter, **common)
     val = FashionDataset(data_dir, "val", mode="center_strip", **common) if cfg.val_fraction > 0 else None
@@ -360,12 +359,13 @@ def make_loader(dataset: FashionDataset, cfg: TrainConfig, batch_sampler, device
                       pin_memory=device.type == "cuda")
 
 
-def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
-    image = batch["image"].to(device, non_blocking=True)
+def to_device(batch: dict, model, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
+    """(image, mask, boundary target) on the device, prepared there from the uint8 samples."""
+    config = unwrap(model).config
+    image, mask, boundary = prepare_batch(batch, config.mean, config.std, device)
     if channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
-    return (image, batch["mask"].to(device, non_blocking=True),
-            batch["boundary"].to(device, non_blocking=True))
+    return image, mask, boundary
 
 
 # ---- validation --------------------------------------------------------------------------------
@@ -382,7 +382,7 @@ def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.dev
     cm = torch.zeros(num_labels, num_labels, dtype=torch.int64, device=device)
     loss_sum, rows = torch.zeros((), device=device, dtype=torch.float64), []
     for batch in make_loader(dataset, cfg, batches, device):
-        image, mask, boundary = to_device(batch, device, channels_last)
+        image, mask, boundary = to_device(batch, model, device, channels_last)
         with autocast:
             out = model(image)
             loss, _ = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, cfg.loss)
@@ -390,19 +390,17 @@ def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.dev
         pred = out.mask_logits.argmax(1)                                   # (B, H, W)
         cm += confusion_matrix(pred, mask, num_labels)
         if len(rows) < cfg.val_panels:
-            rows += panel_rows(batch["image"], mask, pred, out.boundary_logits, dataset)[:cfg.val_panels - len(rows)]
+            rows += panel_rows(batch["image"], mask, pred, out.boundary_logits)[:cfg.val_panels - len(rows)]
     model.train()
     cm, loss_sum = all_sum(cm, d).cpu(), all_sum(loss_sum, d).item()
     metrics = {"loss": loss_sum / len(dataset), "pixel_accuracy": pixel_accuracy(cm), "mIoU": mean_iou(cm)}
     return metrics, torch.cat(rows, dim=1) if rows else None
 
 
-def panel_rows(image, mask, pred, boundary_logits, dataset: FashionDataset) -> list[torch.Tensor]:
-    """Per image a (3, H, 4W) uint8 row: input | ground truth | prediction | boundary."""
-    rgb = torch.stack([torch.from_numpy(to_rgb(im, dataset.mean, dataset.std)).permute(2, 0, 1)
-                       for im in image])                                        # (B, 3, H, W) uint8
+def panel_rows(image, mask, pred, boundary_logits) -> list[torch.Tensor]:
+    """Per image a (3, H, 4W) uint8 row: input (the uint8 sample) | ground truth | prediction | boundary."""
     edge = (boundary_logits.float().sigmoid().cpu() * 255).to(torch.uint8)[:, None].expand(-1, 3, -1, -1)
-    row = torch.cat([rgb, colorize(mask.cpu()), colorize(pred.cpu()), edge], dim=3)
+    row = torch.cat([image, colorize(mask.cpu()), colorize(pred.cpu()), edge], dim=3)
     return list(row)
 
 
@@ -421,7 +419,7 @@ def accumulate_gradients(net, batches, shares: list[float], loss_config: LossCon
     """
     parts = {}
     for i, share in enumerate(shares):
-        image, mask, boundary = to_device(next(batches), device, channels_last)
+        image, mask, boundary = to_device(next(batches), net, device, channels_last)
         sync = world == 1 or i == len(shares) - 1
         with nullcontext() if sync else net.no_sync():
             with autocast:

@@ -24,8 +24,11 @@ from dataset import (
     Pair,
     boundary_target,
     check_dataset,
+    color_jitter,
     colorize,
     find_pairs,
+    normalize,
+    prepare_batch,
     read_image,
     read_mask,
     read_split_file,
@@ -148,6 +151,8 @@ def test_boundary_target_by_hand():
     assert torch.equal(result, expected)
     uniform = torch.full((4, 4), 7, dtype=torch.long)
     assert torch.equal(boundary_target(uniform), torch.zeros(4, 4))
+    padded = F.pad(corner, (0, 2, 0, 1), value=IGNORE_INDEX)  # (5, 6): padding is nobody's neighbour
+    assert torch.equal(boundary_target(padded), F.pad(expected, (0, 2, 0, 1)))
     batch = torch.stack([corner, uniform, corner.T.contiguous()])  # (3, 4, 4)
     assert torch.equal(boundary_target(batch), torch.stack([expected, torch.zeros(4, 4), expected.T]))
     assert boundary_target(batch.unsqueeze(1)).shape == (3, 1, 4, 4)
@@ -219,9 +224,9 @@ def test_random_strip_sample_shapes_and_determinism(small_set):
     root = small_set[0].image.parents[1]
     dataset = FashionDataset(root, pairs=small_set, image_size=48, color_jitter=0.3)
     sample = dataset[2]
-    assert sample["image"].shape == (3, 48, 48) and sample["image"].dtype == torch.float32
-    assert sample["mask"].shape == (48, 48) and sample["mask"].dtype == torch.int64
-    assert torch.equal(sample["boundary"], boundary_target(sample["mask"]))
+    assert sample["image"].shape == (3, 48, 48) and sample["image"].dtype == torch.uint8
+    assert sample["mask"].shape == (48, 48) and sample["mask"].dtype == torch.uint8
+    assert sample["jitter"].shape == (3,) and ((sample["jitter"] - 1).abs() <= 0.3).all()
     assert sample["index"].dtype == torch.int64 and sample["index"].item() == 2
     assert set(sample["mask"].unique().tolist()) <= set(np.unique(read_mask(small_set[2].mask)).tolist())
     again = FashionDataset(root, pairs=small_set, image_size=48, color_jitter=0.3)[2]
@@ -233,19 +238,40 @@ def test_random_strip_sample_shapes_and_determinism(small_set):
     assert any(changed)
     center = FashionDataset(root, pairs=small_set, image_size=48, mode="center_strip")
     first = center[1]
+    assert "jitter" not in first
     center.set_epoch(3)
     assert torch.equal(center[1]["image"], first["image"]) and torch.equal(center[1]["mask"], first["mask"])
 
 
-def test_image_normalised_with_given_mean_and_std(tmp_path):
+def test_prepare_batch_normalises_with_given_mean_and_std(tmp_path):
     colour = np.array([200, 100, 50], np.uint8)
     photo = np.broadcast_to(colour, (90, 60, 3)).copy()
     pair = _write_pair(tmp_path, "a", photo, np.full((90, 60), 4, np.uint8), quality=100)
+    sample = FashionDataset(tmp_path, pairs=[pair], image_size=24)[0]
+    assert (sample["image"].int() - torch.tensor(colour).view(3, 1, 1)).abs().max() <= 3  # JPEG rounding
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    sample = FashionDataset(tmp_path, pairs=[pair], image_size=24, mean=mean, std=std)[0]
-    expected = (torch.tensor(colour / 255.0) - torch.tensor(mean)) / torch.tensor(std)  # (3,)
-    assert torch.allclose(sample["image"], expected.float().view(3, 1, 1).expand(3, 24, 24), atol=0.04)
-    assert torch.equal(sample["mask"], torch.full((24, 24), 4))
+    batch = torch.utils.data.default_collate([sample, sample])
+    image, mask, boundary = prepare_batch(batch, mean, std, torch.device("cpu"))
+    expected = (sample["image"].double() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    assert image.dtype == torch.float32 and image.shape == (2, 3, 24, 24)
+    torch.testing.assert_close(image, expected.float().expand(2, 3, 24, 24))
+    assert mask.dtype == torch.int64 and torch.equal(mask, torch.full((2, 24, 24), 4))
+    assert torch.equal(boundary, torch.zeros(2, 24, 24))
+
+
+def test_color_jitter_factors():
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 8, 8, generator=g) * 200 + 20                   # (2, 3, 8, 8) in [20, 220]
+    grey_weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    grey = (image * grey_weights).sum(1, keepdim=True)                       # (2, 1, 8, 8)
+    same = torch.ones(2, 3)
+    torch.testing.assert_close(color_jitter(image, same), image)
+    darker = color_jitter(image, torch.tensor([[0.5, 1, 1], [1, 1, 1]]))
+    torch.testing.assert_close(darker, torch.stack([image[0] * 0.5, image[1]]))
+    flat = color_jitter(image, torch.tensor([[1.0, 0, 1], [1, 1, 0]]))
+    torch.testing.assert_close(flat[0], grey[0].mean().expand(3, 8, 8))     # no contrast: the mean grey
+    torch.testing.assert_close(flat[1], grey[1].expand(3, 8, 8))            # no saturation: each pixel's grey
+    assert color_jitter(image, torch.full((2, 3), 1.9)).max() <= 255
 
 
 def test_whole_mode_pads_to_size_multiple(small_set):
@@ -256,7 +282,11 @@ def test_whole_mode_pads_to_size_multiple(small_set):
     assert sample["image"].shape == (3, 96, 64) and sample["mask"].shape == (96, 64)
     assert (sample["mask"][height:] == IGNORE_INDEX).all()
     assert (sample["mask"][:height] < NUM_LABELS).all()
-    assert (sample["image"][:, height:] == 0).all() and (sample["boundary"][height:] == 0).all()
+    image, mask, boundary = prepare_batch({k: v[None] for k, v in sample.items()}, (0.5,) * 3, (0.2,) * 3,
+                                          torch.device("cpu"))
+    assert (image[0, :, height:] == 0).all() and (image[0, :, :height] != 0).any()  # padding = the mean colour
+    assert torch.equal(boundary[0], F.pad(boundary_target(mask[0, :height]), (0, 0, 0, 96 - height)))
+    assert torch.equal(normalize(sample["image"][None], (0.5,) * 3, (0.2,) * 3, sample["valid_hw"][None]), image)
 
 
 def test_random_strip_crop_keeps_photo_and_mask_aligned(tmp_path):
@@ -267,12 +297,13 @@ def test_random_strip_crop_keeps_photo_and_mask_aligned(tmp_path):
     labels = (blocks.repeat(40, 0).repeat(40, 1)[:440, :300] + 1).astype(np.uint8)  # (440, 300) ids 1..6
     pair = _write_pair(tmp_path, "a", colours[labels - 1].astype(np.uint8), labels, subsampling=0)
     assert read_image(pair.image, 64).scale == 0.25  # the draft decode is what is being tested
-    dataset = FashionDataset(tmp_path, pairs=[pair], image_size=64, mean=(0, 0, 0), std=(1, 1, 1))
+    dataset = FashionDataset(tmp_path, pairs=[pair], image_size=64)
     for epoch in range(4):
         dataset.set_epoch(epoch)
         sample = dataset[0]
-        near_edge = F.max_pool2d(sample["boundary"][None, None], 5, stride=1, padding=2)[0, 0] > 0  # (64, 64)
-        rgb = sample["image"].permute(1, 2, 0).reshape(-1, 1, 3) * 255  # (64*64, 1, 3)
+        edges = boundary_target(sample["mask"])
+        near_edge = F.max_pool2d(edges[None, None], 5, stride=1, padding=2)[0, 0] > 0  # (64, 64)
+        rgb = sample["image"].permute(1, 2, 0).reshape(-1, 1, 3).float()  # (64*64, 1, 3)
         nearest = (rgb - torch.tensor(colours, dtype=torch.float32)).norm(dim=-1).argmin(1).view(64, 64) + 1
         inside = ~near_edge
         assert inside.sum() > 500

@@ -2,7 +2,6 @@
 small untrained model on the CPU. One export (about 17 s) serves every test.
 Run: `python -m pytest tests/test_export.py -q`."""
 
-import dataclasses
 import json
 from pathlib import Path
 

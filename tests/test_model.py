@@ -81,7 +81,6 @@ def plain_local_attention(module: LocalAttention, x: torch.Tensor) -> torch.Tens
     heads, d = module.heads, c // module.heads
     q, k, v = module.qkv(module.norm(x)).chunk(3, dim=1)
     bias = module.position_bias.reshape(heads, 7, 7)
-    out = torch.zeros_like(x)
     rows = []
     for y in range(h):
         for xx in range(w):

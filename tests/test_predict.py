@@ -13,7 +13,7 @@ from PIL import Image
 
 import predict
 import unet
-from dataset import LABELS, NUM_LABELS, prepare_whole_image
+from dataset import LABELS, NUM_LABELS, normalize, prepare_whole_image
 
 PROJECT = Path(__file__).resolve().parents[1]
 ORIENTATION = 0x0112  # the EXIF tag
@@ -139,10 +139,11 @@ def test_no_postprocess_is_the_models_argmax(checkpoint, tmp_path):
     model = unet.load_model(checkpoint).eval()
     cfg = model.config
     photo = Image.open(tmp_path / "p.png").convert("RGB")
-    x, (h, w) = prepare_whole_image(photo, cfg.image_size, cfg.size_multiple, cfg.mean, cfg.std)  # (3, Hp, Wp)
-    assert (h, w) == (96, 64) and x.shape == (3, 96, 64)
+    pixels, (h, w) = prepare_whole_image(photo, cfg.image_size, cfg.size_multiple)  # (3, Hp, Wp) uint8
+    assert (h, w) == (96, 64) and pixels.shape == (3, 96, 64)
+    x = normalize(pixels[None], cfg.mean, cfg.std)  # (1, 3, Hp, Wp)
     with torch.no_grad():
-        logits = model(x[None]).mask_logits[0, :, :h, :w]  # (L, h, w)
+        logits = model(x).mask_logits[0, :, :h, :w]  # (L, h, w)
     expected = Image.fromarray(logits.argmax(0).numpy().astype(np.uint8)).resize((100, 150), Image.Resampling.NEAREST)
     written = np.asarray(Image.open(out / "p.png"))
     assert np.array_equal(written, np.asarray(expected))

@@ -72,11 +72,11 @@ def train_step(config: UNetConfig, size: int, batch: int, repeats: int, device=t
     torch.manual_seed(0)
     model = UNet(config).to(device)
     model.set_gradient_checkpointing(checkpointing)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)   # as run.py trains
     net = torch.compile(model) if compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     image, mask, boundary = fake_batch(batch, size, device)
+    image = image.contiguous(memory_format=torch.channels_last)
     loss_config = LossConfig()
 
     def step():

@@ -359,20 +359,19 @@ def make_loader(dataset: FashionDataset, cfg: TrainConfig, batch_sampler, device
                       pin_memory=device.type == "cuda")
 
 
-def to_device(batch: dict, model, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
-    """(image, mask, boundary target) on the device, prepared there from the uint8 samples."""
+def to_device(batch: dict, model, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(image, mask, boundary target) on the device, prepared there from the uint8 samples; the image
+    channels-last like the model."""
     config = unwrap(model).config
     image, mask, boundary = prepare_batch(batch, config.mean, config.std, device)
-    if channels_last:
-        image = image.contiguous(memory_format=torch.channels_last)
-    return image, mask, boundary
+    return image.contiguous(memory_format=torch.channels_last), mask, boundary
 
 
 # ---- validation --------------------------------------------------------------------------------
 
 @torch.no_grad()
 def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.device, autocast,
-             channels_last: bool, d: Dist = Dist()) -> tuple[dict[str, float], torch.Tensor | None]:
+             d: Dist = Dist()) -> tuple[dict[str, float], torch.Tensor | None]:
     """Validation loss, pixel accuracy and mIoU over the whole set (each process scores its
     share; the sums are added up); a (3, H, W) uint8 panel from the first images."""
     model.eval()
@@ -382,7 +381,7 @@ def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.dev
     cm = torch.zeros(num_labels, num_labels, dtype=torch.int64, device=device)
     loss_sum, rows = torch.zeros((), device=device, dtype=torch.float64), []
     for batch in make_loader(dataset, cfg, batches, device):
-        image, mask, boundary = to_device(batch, model, device, channels_last)
+        image, mask, boundary = to_device(batch, model, device)
         with autocast:
             out = model(image)
             loss, _ = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, cfg.loss)
@@ -407,8 +406,7 @@ def panel_rows(image, mask, pred, boundary_logits) -> list[torch.Tensor]:
 # ---- the training loop -------------------------------------------------------------------------
 
 def accumulate_gradients(net, batches, shares: list[float], loss_config: LossConfig, device: torch.device,
-                         autocast, scaler: torch.amp.GradScaler, channels_last: bool,
-                         world: int = 1) -> dict[str, torch.Tensor]:
+                         autocast, scaler: torch.amp.GradScaler, world: int = 1) -> dict[str, torch.Tensor]:
     """Forward and backward over the micro-batches of one optimizer step, drawn from `batches`.
 
     shares[i] is micro-batch i's share of the step's images over all processes: weighting each
@@ -419,7 +417,7 @@ def accumulate_gradients(net, batches, shares: list[float], loss_config: LossCon
     """
     parts = {}
     for i, share in enumerate(shares):
-        image, mask, boundary = to_device(next(batches), net, device, channels_last)
+        image, mask, boundary = to_device(next(batches), net, device)
         sync = world == 1 or i == len(shares) - 1
         with nullcontext() if sync else net.no_sync():
             with autocast:
@@ -476,9 +474,7 @@ def train(cfg: TrainConfig) -> Path:
         raise ValueError("--mixed_precision fp16 needs CUDA (bf16 works on the CPU too)")
     output_dir = Path(cfg.output_dir)
     model, stage, ckpt = restore(cfg, device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)   # faster convolutions on CUDA; on the CPU, local attention
     model.set_gradient_checkpointing(cfg.gradient_checkpointing)
     optimizer = make_optimizer(model, stage, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
@@ -520,7 +516,7 @@ def train(cfg: TrainConfig) -> Path:
                 group["lr"] = lr
             images = sum(len(b) for b in micro_batches)
             parts = accumulate_gradients(net, batches, my_shares(micro_batches, d)[1], cfg.loss, device,
-                                         autocast, scaler, channels_last, d.world)
+                                         autocast, scaler, d.world)
             parts = {k: all_sum(v.detach().clone(), d) for k, v in parts.items()}
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm or math.inf)
@@ -551,7 +547,7 @@ def train(cfg: TrainConfig) -> Path:
             stopping = bool(all_sum(torch.tensor([stop.signal], device=device), d).item())
             if step % cfg.checkpointing_steps == 0 or step == total_steps or stopping:
                 if val_set is not None:
-                    metrics, panel = validate(net, val_set, cfg, device, autocast, channels_last, d)
+                    metrics, panel = validate(net, val_set, cfg, device, autocast, d)
                     if d.main:
                         best = log_validation(writer, metrics, panel, step, best, model, cfg, stage, output_dir)
                 if d.main:

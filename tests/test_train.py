@@ -115,7 +115,7 @@ def test_gradient_accumulation_matches_the_large_batch(data_dir):
         model.zero_grad()
         parts = run.accumulate_gradients(model, iter([default_collate(s) for s in split]),
                                          [len(s) / 4 for s in split], LossConfig(), cpu,
-                                         torch.autocast("cpu", enabled=False), scaler, False)
+                                         torch.autocast("cpu", enabled=False), scaler)
         grads.append(([p.grad.clone() for p in model.parameters()], parts["total"]))
     (big, big_loss), *others = grads
     for small, small_loss in others:

@@ -7,7 +7,8 @@ Figures: the fp32 matrix-multiply rate (the yardstick); a training step (forward
 backward, AdamW) of a 32-wide model at 256x256, batch 2, with FLOPs counted by
 torch.utils.flop_counter, and the same with local attention on every decoder level; inference
 per image at 512x512 (512_96) beside boundary post-processing on one core; data loading per
-worker beside merely decoding the JPEGs; peak memory of a 512_96 training step at 512x512 with
+worker (one thread) beside merely decoding the JPEGs into arrays, and the device-side batch
+preparation after it; peak memory of a 512_96 training step at 512x512 with
 and without gradient checkpointing; on CUDA, the 512_96 bf16 step with and without
 torch.compile and the attention kernels it runs on.
 """

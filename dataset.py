@@ -304,9 +304,9 @@ def prepare_batch(batch: dict[str, torch.Tensor], mean: tuple[float, float, floa
                   std: tuple[float, float, float], device: torch.device
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A collated batch of FashionDataset samples -> on `device`: image (B, 3, H, W) float32 (or the
-    batch's float type), jittered
-    (when the samples carry jitter factors) and normalised; mask (B, H, W) int64; boundary target
-    (B, H, W) float32. The per-pixel work runs here, once per batch, on the device; only uint8 crosses."""
+    batch's float type), jittered (when the samples carry jitter factors) and normalised; mask (B, H, W)
+    int64; boundary target (B, H, W) float32. The per-pixel work runs here, once per batch, on the
+    device; only uint8 crosses."""
     image = batch["image"].to(device, non_blocking=True)
     image = image if image.is_floating_point() else image.float()
     if "jitter" in batch:

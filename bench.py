@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,14 +43,22 @@ BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}   # d
 
 def timed(fn, repeats: int, warmup: int = 1) -> float:
     """Median wall time of fn() in seconds."""
-    for _ in range(warmup):
-        fn()
-    times = []
+    return timed_in_turns({"fn": fn}, repeats, warmup)["fn"]
+
+
+def timed_in_turns(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each function in seconds, timed in turns (A, B, A, B, ...) so that a busy
+    moment on a shared machine slows all of them alike and their ratios hold."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
@@ -67,9 +76,10 @@ def fake_batch(batch: int, size: int, device: torch.device) -> tuple[torch.Tenso
     return image.to(device), mask.to(device), boundary_target(mask).to(device)
 
 
-def train_step(config: UNetConfig, size: int, batch: int, repeats: int, device=torch.device("cpu"),
-               autocast_dtype=None, compile: bool = False, checkpointing: bool = False) -> dict:
-    """Seconds per training step and the FLOPs of its forward + backward."""
+def make_train_step(config: UNetConfig, size: int, batch: int, device=torch.device("cpu"),
+                    autocast_dtype=None, compile: bool = False, checkpointing: bool = False
+                    ) -> tuple[Callable[[], None], int]:
+    """A training step (forward, loss, backward, AdamW) as run.py takes it, and its FLOPs."""
     torch.manual_seed(0)
     model = UNet(config).to(device)
     model.set_gradient_checkpointing(checkpointing)
@@ -96,8 +106,22 @@ def train_step(config: UNetConfig, size: int, batch: int, repeats: int, device=t
             loss, _ = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, loss_config)
         loss.backward()
     model.zero_grad(set_to_none=True)
-    seconds = timed(step, repeats, warmup=3)   # the first steps fill allocator and kernel caches
-    return {"seconds": seconds, "flops": counter.get_total_flops(), "images_per_s": batch / seconds}
+    return step, counter.get_total_flops()
+
+
+def train_steps(steps: dict[str, tuple[Callable[[], None], int]], batch: int, repeats: int) -> dict[str, dict]:
+    """Seconds per step of each (timed in turns), with their FLOPs and images per second."""
+    # three warm-up steps each: the first steps fill allocator and kernel caches
+    seconds = timed_in_turns({name: step for name, (step, _) in steps.items()}, repeats, warmup=3)
+    return {name: {"seconds": seconds[name], "flops": flops, "images_per_s": batch / seconds[name]}
+            for name, (_, flops) in steps.items()}
+
+
+def train_step(config: UNetConfig, size: int, batch: int, repeats: int, device=torch.device("cpu"),
+               autocast_dtype=None, compile: bool = False, checkpointing: bool = False) -> dict:
+    """Seconds per training step and the FLOPs of its forward + backward, for one configuration."""
+    step = make_train_step(config, size, batch, device, autocast_dtype, compile, checkpointing)
+    return train_steps({"step": step}, batch, repeats)["step"]
 
 
 def inference_time(config: UNetConfig, size: int, repeats: int) -> float:
@@ -141,15 +165,16 @@ def loading_rates(folder: Path, count: int) -> dict:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # as in a DataLoader worker
-    result = {"decode_full_per_s": len(paths) / timed(lambda: decode_all(True), 5),
-              "decode_bare_per_s": len(paths) / timed(lambda: decode_all(False), 5)}
-    for size in (512, 256):
-        ds = FashionDataset(folder, "all", image_size=size, mode="random_strip", color_jitter=0.1)
-        result[f"samples_{size}_per_s"] = len(ds) / timed(lambda: [ds[i] for i in range(len(ds))], 5)
+    datasets = {size: FashionDataset(folder, "all", image_size=size, mode="random_strip", color_jitter=0.1)
+                for size in (512, 256)}
+    seconds = timed_in_turns({"decode_full": lambda: decode_all(True), "decode_bare": lambda: decode_all(False),
+                              **{f"samples_{size}": lambda ds=ds: [ds[i] for i in range(len(ds))]
+                                 for size, ds in datasets.items()}}, 5)
+    result = {f"{name}_per_s": len(paths) / s for name, s in seconds.items()}
     torch.set_num_threads(threads)
-    batch = torch.utils.data.default_collate([ds[i] for i in range(8)])   # 256 px samples
+    batch = torch.utils.data.default_collate([datasets[256][i] for i in range(min(8, count))])
     seconds = timed(lambda: prepare_batch(batch, PRESETS["tiny"].mean, PRESETS["tiny"].std, torch.device("cpu")), 5)
-    result["prepare_256_per_sample_s"] = seconds / 8
+    result["prepare_256_per_sample_s"] = seconds / len(batch["index"])
     return result
 
 
@@ -212,8 +237,8 @@ def main() -> None:
     rows.append(("fp32 matmul 2048x2048 (yardstick)", f"{r['matmul_gflops']:.1f} GFLOP/s"))
 
     la = dataclasses.replace(WIDE32, local_attention_levels=(0, 1, 2, 3))
-    r["train_step"] = train_step(WIDE32, 256, 2, args.repeats)
-    r["train_step_local_attention"] = train_step(la, 256, 2, args.repeats)
+    r.update(train_steps({"train_step": make_train_step(WIDE32, 256, 2),
+                          "train_step_local_attention": make_train_step(la, 256, 2)}, 2, args.repeats))
     for key, label in (("train_step", "train step, 32-wide, 256x256, batch 2"),
                        ("train_step_local_attention", "  same, local attention on every level")):
         s = r[key]

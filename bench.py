@@ -2,6 +2,7 @@
 
     python bench.py                    # everything, about 5-10 minutes on a 2-core CPU
     python bench.py --out bench.json   # also write the figures as JSON
+    python bench.py --compile          # also the CPU training steps under torch.compile (+3-4 minutes)
 
 Figures: the fp32 matrix-multiply rate (the yardstick); a training step (forward, loss,
 backward, AdamW) of a 32-wide model at 256x256, batch 2, with FLOPs counted by
@@ -232,6 +233,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
     parser.add_argument("--out", default="", help="also write the figures to this JSON file")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time both CPU training steps under torch.compile (3-4 more minutes)")
     args = parser.parse_args()
     r = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                     f"torch {torch.__version__}"}
@@ -241,19 +244,22 @@ def main() -> None:
     rows.append(("fp32 matmul 2048x2048 (yardstick)", f"{r['matmul_gflops']:.1f} GFLOP/s"))
 
     la = dataclasses.replace(WIDE32, local_attention_levels=(0, 1, 2, 3))
-    r.update(train_steps({"train_step": make_train_step(WIDE32, 256, 2),
-                          "train_step_local_attention": make_train_step(la, 256, 2)}, 2, args.repeats))
-    for key, label in (("train_step", "train step, 32-wide, 256x256, batch 2"),
-                       ("train_step_local_attention", "  same, local attention on every level")):
-        s = r[key]
-        s["gflops_per_s"] = s["flops"] / s["seconds"] / 1e9
-        s["fraction_of_matmul"] = s["gflops_per_s"] / r["matmul_gflops"]
-        rows.append((label, f"{s['seconds'] * 1000:.0f} ms/step, {s['flops'] / 1e9:.1f} GFLOP, "
-                            f"{s['gflops_per_s']:.1f} GFLOP/s = {s['fraction_of_matmul']:.0%} of matmul"))
-    r["local_attention_time_ratio"] = r["train_step_local_attention"]["seconds"] / r["train_step"]["seconds"]
-    r["local_attention_flop_ratio"] = r["train_step_local_attention"]["flops"] / r["train_step"]["flops"]
-    rows.append(("  local attention: time ratio / FLOP ratio",
-                 f"{r['local_attention_time_ratio']:.2f}x / {r['local_attention_flop_ratio']:.2f}x"))
+    for compiled in (False, True) if args.compile else (False,):
+        tag = ", torch.compile" if compiled else ""
+        plain, local = ("train_step_compiled", "train_step_local_attention_compiled") if compiled else \
+                       ("train_step", "train_step_local_attention")
+        r.update(train_steps({plain: make_train_step(WIDE32, 256, 2, compile=compiled),
+                              local: make_train_step(la, 256, 2, compile=compiled)}, 2, args.repeats))
+        for key, label in ((plain, f"train step, 32-wide, 256x256, batch 2{tag}"),
+                           (local, "  same, local attention on every level")):
+            s = r[key]
+            s["gflops_per_s"] = s["flops"] / s["seconds"] / 1e9
+            s["fraction_of_matmul"] = s["gflops_per_s"] / r["matmul_gflops"]
+            rows.append((label, f"{s['seconds'] * 1000:.0f} ms/step, {s['flops'] / 1e9:.1f} GFLOP, "
+                                f"{s['gflops_per_s']:.1f} GFLOP/s = {s['fraction_of_matmul']:.0%} of matmul"))
+        ratios = {"time": r[local]["seconds"] / r[plain]["seconds"], "flops": r[local]["flops"] / r[plain]["flops"]}
+        r["local_attention_ratios" + ("_compiled" if compiled else "")] = ratios
+        rows.append(("  local attention: time ratio / FLOP ratio", f"{ratios['time']:.2f}x / {ratios['flops']:.2f}x"))
 
     r["inference_512_96_s"] = inference_time(PRESETS["512_96"], 512, max(2, args.repeats // 2))
     r["postprocess_512_s"] = postprocess_time(512, args.repeats)

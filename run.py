@@ -347,8 +347,8 @@ def make_datasets(cfg: TrainConfig, model: UNet, d: Dist) -> tuple[FashionDatase
     if d.world > 1:
         dist.barrier()                                  # the others wait for rank 0's data set
     mc = model.config
-    common = dict(image_size=mc.image_size, size_multiple=mc.size_multiple, seed=cfg.seed, test_split=cfg.test_split or None, val_fraction=cfg.val_fraction,
-                  skip_bad=cfg.skip_bad_samples)
+    common = dict(image_size=mc.image_size, size_multiple=mc.size_multiple, seed=cfg.seed,
+                  test_split=cfg.test_split or None, val_fraction=cfg.val_fraction, skip_bad=cfg.skip_bad_samples)
     train = FashionDataset(data_dir, "train", mode="random_strip", color_jitter=cfg.color_jitter, **common)
     val = FashionDataset(data_dir, "val", mode="center_strip", **common) if cfg.val_fraction > 0 else None
     return train, val

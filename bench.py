@@ -37,8 +37,7 @@ from losses import LossConfig, segmentation_loss
 from postprocess import postprocess
 from unet import PRESETS, UNet, UNetConfig
 
-WIDE32 = dataclasses.replace(PRESETS["tiny"], features=(32, 64, 128, 256), bottleneck_features=512,
-                             image_size=256)
+WIDE32 = dataclasses.replace(PRESETS["tiny"], base_features=16, image_size=256)   # widths 32..512
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}   # dense, per card
 
 
@@ -244,7 +243,7 @@ def main() -> None:
     r["matmul_gflops"] = matmul_rate()
     rows.append(("fp32 matmul 2048x2048 (yardstick)", f"{r['matmul_gflops']:.1f} GFLOP/s"))
 
-    la = dataclasses.replace(WIDE32, local_attention_levels=(0, 1, 2, 3))
+    la = dataclasses.replace(WIDE32, local_attention_levels=(0, 1, 2, 3, 4))
     for compiled in (False, True) if args.compile else (False,):
         tag = ", torch.compile" if compiled else ""
         plain, local = ("train_step_compiled", "train_step_local_attention_compiled") if compiled else \

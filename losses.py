@@ -1,5 +1,6 @@
-"""Training losses for clothing segmentation: class-weighted cross-entropy on the label mask,
-weighted binary cross-entropy on the boundary map, and an optional soft Dice term.
+"""Training losses for clothing segmentation, as the released training script computes them:
+class-weighted cross-entropy on the label mask (PyTorch's weighted mean) plus a weighted binary
+cross-entropy on the boundary map over the inner pixels; and an optional soft Dice term.
 
 `segmentation_loss` combines them as configured by `LossConfig`; run.py builds its loss flags
 from that dataclass. Tests: `python -m pytest tests/test_losses.py -q`.
@@ -50,16 +51,23 @@ class LossConfig:
     """Loss weights; run.py builds a command-line flag from each field and its help."""
     class_weights: tuple[float, ...] = field(default=DEFAULT_CLASS_WEIGHTS, metadata={
         "help": "per-label cross-entropy weight, 24 values in label-id order (default: the published ones)"})
+    ce_mean: str = field(default="weights", metadata={
+        "help": "'weights': the weighted cross-entropy divided by the pixels' summed weights (PyTorch's "
+                "weighted mean, as released); 'pixels': divided by the pixel count, which makes gradient "
+                "accumulation give exactly the large-batch gradient", "choices": ["weights", "pixels"]})
     boundary_weight: float = field(default=1.0, metadata={
         "help": "coupling of the boundary term (published: 1)"})
-    boundary_pos_weight: float = field(default=20.0, metadata={
-        "help": "a missed boundary pixel costs this many times a false one (published: 20)"})
+    boundary_pos_weight: float = field(default=5.0, metadata={
+        "help": "a missed boundary pixel costs this many times a false one (released code: 5; the paper's "
+                "text says 20)"})
     dice_weight: float = field(default=0.0, metadata={
         "help": "coupling of the optional soft Dice term; 0 turns it off"})
 
     def __post_init__(self):
         if len(self.class_weights) != NUM_LABELS:
             raise ValueError(f"class_weights needs {NUM_LABELS} values, got {len(self.class_weights)}")
+        if self.ce_mean not in ("weights", "pixels"):
+            raise ValueError(f"ce_mean must be 'weights' or 'pixels', got {self.ce_mean!r}")
 
 
 def weighted_cross_entropy(
@@ -67,29 +75,42 @@ def weighted_cross_entropy(
     target: Tensor,
     class_weights: Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    mean: str = "weights",
 ) -> Tensor:
     """Class-weighted cross-entropy averaged over valid pixels.
 
     logits: (B, C, H, W); target: (B, H, W) int64 label ids or `ignore_index`;
-    class_weights: (C,) or None for all ones. Returns a scalar.
+    class_weights: (C,) or None for all ones. mean "weights" divides by the summed weights of the
+    valid pixels (F.cross_entropy(weight=...)'s mean, the released loss), "pixels" by their count.
+    Returns a scalar.
     """
     valid = target != ignore_index  # (B, H, W)
     # (B, H, W), 0 where ignored
     nll = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
-    if class_weights is not None:
-        # Gather rather than F.cross_entropy(weight=...): no dtype clash with autocast logits.
-        nll = nll * class_weights.to(nll.dtype)[torch.where(valid, target, 0)]
-    # Divide by the pixel count, not by the sum of weights (torch's weighted 'mean'): the loss of a
-    # batch is then the plain mean of its pixels' losses, so with equal-size micro-batches,
-    # gradient accumulation reproduces the large-batch gradient exactly. The clamp makes a batch
-    # with no valid pixel give a zero that backward still runs through, without a GPU sync.
-    return nll.sum() / valid.sum().clamp(min=1)
+    if class_weights is None:
+        return nll.sum() / valid.sum().clamp(min=1)
+    # Gather rather than F.cross_entropy(weight=...): no dtype clash with autocast logits.
+    pixel_weights = class_weights.to(nll.dtype)[torch.where(valid, target, 0)] * valid  # (B, H, W)
+    # "pixels": the loss of a batch is then the plain mean of its pixels' losses, so with equal-size
+    # micro-batches gradient accumulation reproduces the large-batch gradient exactly; "weights"
+    # normalises each micro-batch by its own weights. The clamps make a batch with no valid pixel
+    # give a zero that backward still runs through, without a GPU sync.
+    divisor = pixel_weights.sum().clamp(min=1e-12) if mean == "weights" else valid.sum().clamp(min=1)
+    return (nll * pixel_weights).sum() / divisor
+
+
+def inner_pixels(valid: Tensor) -> Tensor:
+    """(B, H, W) bool -> the same without the outer ring of pixels, where the boundary target lacks
+    neighbours (the released loss scores the inner (H-2) x (W-2) pixels)."""
+    inner = torch.zeros_like(valid)
+    inner[:, 1:-1, 1:-1] = valid[:, 1:-1, 1:-1]
+    return inner
 
 
 def boundary_bce(
     logits: Tensor,
     target: Tensor,
-    pos_weight: float = 20.0,
+    pos_weight: float = 5.0,
     valid: Tensor | None = None,
 ) -> Tensor:
     """Binary cross-entropy of boundary logits, a boundary pixel weighted `pos_weight` times.
@@ -147,15 +168,15 @@ def segmentation_loss(
 
     mask_logits: (B, C, H, W); boundary_logits: (B, H, W); mask: (B, H, W) int64 with
     IGNORE_INDEX where unlabelled; boundary: (B, H, W) in {0, 1}. Pixels where mask is
-    IGNORE_INDEX count in no term.
+    IGNORE_INDEX count in no term; the boundary term leaves out the outer ring of pixels.
     """
     valid = mask != IGNORE_INDEX  # (B, H, W)
     class_weights = torch.as_tensor(
         config.class_weights, device=mask_logits.device, dtype=torch.float32
     )  # (C,)
-    ce = weighted_cross_entropy(mask_logits, mask, class_weights)
+    ce = weighted_cross_entropy(mask_logits, mask, class_weights, mean=config.ce_mean)
     bce = boundary_bce(
-        boundary_logits, boundary.to(boundary_logits.dtype), config.boundary_pos_weight, valid
+        boundary_logits, boundary.to(boundary_logits.dtype), config.boundary_pos_weight, inner_pixels(valid)
     )
     total = ce + config.boundary_weight * bce
     parts = {"ce": ce.detach(), "boundary": bce.detach()}

@@ -1,20 +1,33 @@
-"""The attention-bottleneck UNet with a boundary head (paper sections 1.3-1.7).
+"""The published attention-bottleneck UNet with a boundary head (paper sections 1.3-1.7), as its
+released code computes it; b = `base_features`, GN = GroupNorm(32, C) without affine:
 
-    encoder   [conv3x3, SiLU, GroupNorm] x2, then 2x2 max-pool, once per level
-    bottleneck `simple` (two convolutions) or `attention` (a stack of global attention blocks)
-    decoder   upsample, concatenate the skip, N residual conv stages, optional local attention
-    heads     24 label logits standardised per pixel (paper 1.5) and 1 boundary logit
+    encoder    5 blocks, 3 -> 2b, 2b, 4b, 8b, 16b: [conv3x3, SiLU, GN] x2, 2x2 max-pool; the skip is
+               both GN outputs concatenated (2 x the block's width)
+    bottleneck 16b -> 32b at 1/32 resolution: `simple` (conv1x1, SiLU, conv1x1, SiLU, GN with affine)
+               or `attention` (conv3x3 x2, a fixed position encoding, then blocks of two global
+               attention layers between 1x1 convolutions; 3 blocks, 6 in the released `attentionXL`)
+    decoder    5 blocks, deepest first, widths 16b, 8b, 4b, 4b, 4b: a transposed 2x2 convolution plus
+               a parameter-free upsampling, then three residual 3x3 stages; optional local attention
+               beside the first stage, on cat(x, skip)
+    heads      conv1x1 to the label logits, LayerNorm over each pixel's labels (paper 1.5); conv1x1
+               to the boundary logit (the released code applies the sigmoid inside the model)
 
 `UNetConfig` describes a model completely and travels inside every checkpoint, so
 `load_model(path)` rebuilds it with no flags. The staged recipe's operations live here too:
-`swap_bottleneck`, `add_local_attention` and `stage_parameters`.
+`swap_bottleneck`, `add_local_attention` and `stage_parameters`; and `convert_released`, which
+reads a state dict saved by the released code.
 
-    python unet.py --preset 512_96     # parameters, size and GFLOPs of a preset
+    python unet.py --preset 512_96                 # parameters, size and GFLOPs of a preset
+    python unet.py convert RELEASED.pt OUT.pt      # the released code's weights -> a checkpoint
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -24,11 +37,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from attention import AttentionBlock, LocalAttention, group_norm, sinusoidal_position_encoding
+from attention import GlobalAttention, LocalAttention, init_linear, position_encoding
 from dataset import NUM_LABELS
 
-CHECKPOINT_VERSION = 1
+# 2: the published architecture. 1 was this project's earlier redesign, whose weights fit no model here.
+CHECKPOINT_VERSION = 2
 STAGES = ("all", "bottleneck", "local_attention")
+LEVELS = 5          # poolings; level 0 is full resolution, level 4 the deepest decoder block
+INIT_STD = 0.1      # the published initialisation of every convolution, weights and biases
 
 
 class CheckpointError(ValueError):
@@ -37,30 +53,45 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class UNetConfig:
-    features: tuple[int, ...] = (96, 96, 192, 384, 768)  # channels per level, full resolution first
-    bottleneck_features: int = 1536
-    bottleneck: str = "attention"                       # "simple" or "attention"
-    attention_blocks: int = 6                           # blocks in the attention bottleneck
-    attention_head_dim: int = 64
-    up_convs: int = 4                                   # residual conv stages per decoder block
+    base_features: int = 48                             # b: the released `base_features`
+    bottleneck: str = "attention"                       # "simple" (released `default`) or "attention"
+    attention_blocks: int = 3                           # 3: released `attention`, 6: `attentionXL`
     local_attention_levels: tuple[int, ...] = ()        # decoder levels with local attention, 0 = full resolution
-    local_attention_head_dim: int = 32
     num_labels: int = NUM_LABELS
     image_size: int = 512                               # training resolution (side of the square strip)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # input normalisation, used by all data code
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # input (x / 255 - mean) / std: published x / 255
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __post_init__(self):
         if self.bottleneck not in ("simple", "attention"):
             raise ValueError(f"bottleneck must be 'simple' or 'attention', got {self.bottleneck!r}")
-        bad = [lvl for lvl in self.local_attention_levels if not 0 <= lvl < len(self.features)]
+        if self.base_features < 2 or self.base_features % 2:
+            raise ValueError(f"base_features must be even and at least 2, got {self.base_features}")
+        if self.attention_blocks < 1:
+            raise ValueError(f"attention_blocks must be at least 1, got {self.attention_blocks}")
+        bad = [lvl for lvl in self.local_attention_levels if not 0 <= lvl < LEVELS]
         if bad:
-            raise ValueError(f"local_attention_levels {bad} outside 0..{len(self.features) - 1}")
+            raise ValueError(f"local_attention_levels {bad} outside 0..{LEVELS - 1}")
+
+    @property
+    def encoder_widths(self) -> tuple[int, ...]:
+        b = self.base_features
+        return (2 * b, 2 * b, 4 * b, 8 * b, 16 * b)
+
+    @property
+    def decoder_widths(self) -> tuple[int, ...]:
+        """Output channels of the decoder block at each level, full resolution first."""
+        b = self.base_features
+        return (4 * b, 4 * b, 4 * b, 8 * b, 16 * b)
+
+    @property
+    def bottleneck_width(self) -> int:
+        return 32 * self.base_features
 
     @property
     def size_multiple(self) -> int:
         """Height and width must be multiples of this (one halving per level)."""
-        return 2 ** len(self.features)
+        return 2 ** LEVELS
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
@@ -72,86 +103,144 @@ class UNetConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+# The paper's models (section 1.3). Where its text and the released code disagree, the code wins;
+# README.md "Architecture" lists each choice.
 PRESETS: dict[str, UNetConfig] = {
-    "512_96": UNetConfig(),
-    "512_64_xl": UNetConfig(features=(64, 128, 256, 512, 1024), bottleneck_features=2048,
-                            attention_blocks=12, up_convs=3),
-    "256_64_la": UNetConfig(features=(64, 128, 256, 512), bottleneck_features=1024,
-                            attention_blocks=6, up_convs=3, local_attention_levels=(0, 1, 2, 3),
-                            image_size=256),
-    "tiny": UNetConfig(features=(16, 32, 64, 128), bottleneck_features=256, attention_blocks=2,
-                       up_convs=2, image_size=128),
+    "512_96": UNetConfig(base_features=48),
+    "512_64_xl": UNetConfig(base_features=64, attention_blocks=6),
+    "256_64_la": UNetConfig(base_features=32, local_attention_levels=(0, 1, 2, 3, 4), image_size=256),
+    "tiny": UNetConfig(base_features=8, image_size=128),   # the CPU demo and the tests (GroupNorm of 16 groups at 16 channels)
 }
 
 
 class UNetOutput(NamedTuple):
     mask_logits: Tensor      # (B, num_labels, H, W)
-    boundary_logits: Tensor  # (B, H, W)
+    boundary_logits: Tensor  # (B, H, W); the released model's output is its sigmoid
 
 
-class ConvNormAct(nn.Sequential):
-    """conv3x3, SiLU, GroupNorm: the paper's order."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.SiLU(),
-                         group_norm(out_channels))
+def group_norm(x: Tensor) -> Tensor:
+    """GroupNorm(32) without affine, eps 1e-5; fewer groups below 32 channels (only tiny test models)."""
+    return F.group_norm(x, math.gcd(32, x.shape[1]))
 
 
-class ResidualConv(nn.Module):
+def conv(in_channels: int, out_channels: int, kernel: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2)
+
+
+def published_init(module: nn.Module) -> None:
+    """Convolutions N(0, 0.1), weights and biases; for `module.apply`. Attention layers, the label
+    LayerNorm and the bottleneck's GroupNorm initialise themselves as published when built."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        with torch.no_grad():
+            module.weight.normal_(0, INIT_STD)
+            module.bias.normal_(0, INIT_STD)
+
+
+class EncoderBlock(nn.Module):
+    """[conv3x3, SiLU, GN] x2; returns (2x2 max-pooled output, skip = both GN outputs)."""
+
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.body = ConvNormAct(in_channels, out_channels)
-        self.shortcut = (nn.Identity() if in_channels == out_channels
-                         else nn.Conv2d(in_channels, out_channels, 1))
+        self.conv1 = conv(in_channels, out_channels, 3)
+        self.conv2 = conv(out_channels, out_channels, 3)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        a = group_norm(F.silu(self.conv1(x)))                           # (B, C, H, W)
+        b = group_norm(F.silu(self.conv2(a)))                           # (B, C, H, W)
+        return F.max_pool2d(b, 2), torch.cat([a, b], dim=1)             # (B, C, H/2, W/2), (B, 2C, H, W)
+
+
+class SimpleBottleneck(nn.Module):
+    """The released `default` bottleneck: conv1x1, SiLU, conv1x1, SiLU, GroupNorm with affine."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv1 = conv(in_channels, out_channels, 1)
+        self.conv2 = conv(out_channels, out_channels, 1)
+        self.norm = nn.GroupNorm(math.gcd(32, out_channels), out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.body(x) + self.shortcut(x)
+        return self.norm(F.silu(self.conv2(F.silu(self.conv1(x)))))
 
 
-class EncoderBlock(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(ConvNormAct(in_channels, out_channels), ConvNormAct(out_channels, out_channels))
+class AttentionBlock(nn.Module):
+    """conv1x1, SiLU, conv1x1, SiLU, GN, then two residual global attention layers (each followed
+    by SiLU), GN, plus the block's input."""
 
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = conv(channels, channels, 1)
+        self.conv2 = conv(channels, channels, 1)
+        self.attention1 = GlobalAttention(channels)
+        self.attention2 = GlobalAttention(channels)
 
-class SimpleBottleneck(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(ConvNormAct(in_channels, out_channels), ConvNormAct(out_channels, out_channels))
+    def forward(self, x: Tensor) -> Tensor:
+        y = group_norm(F.silu(self.conv2(F.silu(self.conv1(x)))))
+        y = F.silu(y + self.attention1(y))
+        y = F.silu(y + self.attention2(y))
+        return group_norm(y) + x
 
 
 class AttentionBottleneck(nn.Module):
-    """Project in, add a 2-D position encoding for the actual size, then global attention blocks."""
+    """conv3x3, SiLU, conv3x3, SiLU, GN, the position encoding for the actual size, then the blocks."""
 
-    def __init__(self, in_channels: int, out_channels: int, blocks: int, head_dim: int):
+    def __init__(self, in_channels: int, out_channels: int, blocks: int):
         super().__init__()
-        self.proj_in = ConvNormAct(in_channels, out_channels)
-        self.blocks = nn.ModuleList(AttentionBlock(out_channels, head_dim) for _ in range(blocks))
+        self.conv1 = conv(in_channels, out_channels, 3)
+        self.conv2 = conv(out_channels, out_channels, 3)
+        self.blocks = nn.ModuleList(AttentionBlock(out_channels) for _ in range(blocks))
         self.gradient_checkpointing = False
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.proj_in(x)
-        x = x + sinusoidal_position_encoding(x.shape[1], x.shape[2], x.shape[3], x.device, x.dtype)
+        x = group_norm(F.silu(self.conv2(F.silu(self.conv1(x)))))       # (B, C, h, w)
+        x = x + position_encoding(x.shape[1], x.shape[2], x.shape[3], x.device, x.dtype)
         for block in self.blocks:
             recompute = self.gradient_checkpointing and self.training
             x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return x
 
 
-class UpBlock(nn.Module):
-    """Upsample, concatenate the skip, residual conv stages, then optional local attention."""
+def lossy_upsample(x: Tensor) -> Tensor:
+    """(B, C, h, w) -> (B, C/2, 2h, 2w) with no parameters: the released decoder's shortcut, which
+    spreads each channel pair over a 2x2 patch by two reshapes, then repeats the C/4 maps."""
+    b, c, h, w = x.shape
+    y = x.reshape(b, c // 2, 2 * h, w).transpose(-1, -2)                # (B, C/2, w, 2h)
+    y = y.reshape(b, c // 4, 2 * w, 2 * h).transpose(-1, -2)            # (B, C/4, 2h, 2w)
+    return torch.cat([y, y], dim=1)                                     # (B, C/2, 2h, 2w)
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, convs: int,
-                 local_attention: bool, head_dim: int):
+
+class DecoderBlock(nn.Module):
+    """Upsample x (transposed conv + a parameter-free upsampling), concatenate the skip, three
+    residual 3x3 stages; local attention on cat(x, skip) joins the first stage."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, local_attention: bool):
         super().__init__()
-        self.stages = nn.Sequential(ResidualConv(in_channels + skip_channels, out_channels),
-                                    *(ResidualConv(out_channels, out_channels) for _ in range(convs - 1)))
-        self.local_attention = LocalAttention(out_channels, head_dim) if local_attention else None
+        if in_channels not in (out_channels, 2 * out_channels):
+            raise ValueError(f"decoder block {in_channels} -> {out_channels} channels: the upsampling "
+                             "shortcut needs the same or twice the output width")
+        self.lossy = in_channels == 2 * out_channels    # else nearest-neighbour x2
+        self.up = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
+        self.conv1 = conv(out_channels + skip_channels, out_channels, 3)
+        self.conv2 = conv(out_channels, out_channels, 3)
+        self.conv3 = conv(out_channels, out_channels, 3)
+        self.local_attention = (new_local_attention(out_channels, skip_channels) if local_attention
+                                else None)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")          # (B, C_in, H, W)
-        x = self.stages(torch.cat([x, skip], dim=1))                    # (B, C_out, H, W)
+        shortcut = lossy_upsample(x) if self.lossy else F.interpolate(x, scale_factor=2.0, mode="nearest")
+        x = group_norm(F.silu(self.up(x) + shortcut))                   # (B, C_out, H, W)
+        u = torch.cat([x, skip], dim=1)                                 # (B, C_out + C_skip, H, W)
+        y = x + self.conv1(u)
         if self.local_attention is not None:
-            x = self.local_attention(x)
-        return x
+            y = y + self.local_attention(u)
+        x = group_norm(F.silu(y))
+        x = group_norm(F.silu(x + self.conv2(x)))
+        return group_norm(F.silu(x + self.conv3(x)))                    # (B, C_out, H, W)
+
+
+def new_local_attention(out_channels: int, skip_channels: int) -> LocalAttention:
+    """The released decoder's local attention: 4 heads of skip/8 channels (b/2 at full resolution)."""
+    return LocalAttention(out_channels + skip_channels, out_channels, head_dim=skip_channels // 8)
 
 
 def at_least_fp32(x: Tensor) -> Tensor:
@@ -159,36 +248,35 @@ def at_least_fp32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-class NormalizedLogits(nn.Module):
-    """1x1 conv to label logits, each pixel's vector standardised before the softmax (paper 1.5).
-
-    A learnable gain lets the network sharpen the softmax past what unit variance allows.
-    """
+class LabelHead(nn.Module):
+    """conv1x1 to label logits, then LayerNorm over each pixel's labels (paper 1.5), weight 3 at start."""
 
     def __init__(self, in_channels: int, num_labels: int):
         super().__init__()
-        self.proj = nn.Conv2d(in_channels, num_labels, 1)
-        self.gain = nn.Parameter(torch.tensor(1.0))
+        self.conv = conv(in_channels, num_labels, 1)
+        self.norm = nn.LayerNorm(num_labels)
+        with torch.no_grad():
+            self.norm.weight.fill_(3.0)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = at_least_fp32(self.proj(x))                                 # (B, L, H, W)
-        var, mean = torch.var_mean(z, dim=1, keepdim=True, correction=0)
-        return (z - mean) * torch.rsqrt(var + 1e-5) * self.gain
+        z = at_least_fp32(self.conv(x)).permute(0, 2, 3, 1)            # (B, H, W, L)
+        return F.layer_norm(z, z.shape[-1:], self.norm.weight.to(z.dtype), self.norm.bias.to(z.dtype),
+                            self.norm.eps).permute(0, 3, 1, 2)          # (B, L, H, W)
 
 
 class UNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = config
-        f = config.features
-        self.encoder = nn.ModuleList(EncoderBlock(c_in, c_out) for c_in, c_out in zip((3,) + f[:-1], f))
+        enc, dec = config.encoder_widths, config.decoder_widths
+        self.encoder = nn.ModuleList(EncoderBlock(c_in, c_out) for c_in, c_out in zip((3,) + enc[:-1], enc))
         self.bottleneck = make_bottleneck(config)
         self.decoder = nn.ModuleList(   # decoder[i] works at level i; run deepest first
-            UpBlock(c_in, c, c, config.up_convs, i in config.local_attention_levels,
-                    config.local_attention_head_dim)
-            for i, (c, c_in) in enumerate(zip(f, f[1:] + (config.bottleneck_features,))))
-        self.mask_head = NormalizedLogits(f[0], config.num_labels)
-        self.boundary_head = nn.Conv2d(f[0], 1, 1)
+            DecoderBlock(c_in, 2 * enc[i], dec[i], i in config.local_attention_levels)
+            for i, c_in in enumerate(dec[1:] + (config.bottleneck_width,)))
+        self.label_head = LabelHead(dec[0], config.num_labels)
+        self.boundary_head = conv(dec[0], 1, 1)
+        self.apply(published_init)
         self.gradient_checkpointing = False
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
@@ -197,7 +285,7 @@ class UNet(nn.Module):
         if isinstance(self.bottleneck, AttentionBottleneck):
             self.bottleneck.gradient_checkpointing = enabled
 
-    def _run(self, module: nn.Module, *args: Tensor) -> Tensor:
+    def _run(self, module: nn.Module, *args: Tensor):
         if self.gradient_checkpointing and self.training:
             return checkpoint(module, *args, use_reentrant=False)
         return module(*args)
@@ -206,20 +294,22 @@ class UNet(nn.Module):
         check_input_shape(self.config, x.shape[-2], x.shape[-1])
         skips = []
         for block in self.encoder:
-            x = self._run(block, x)                                     # (B, f[i], H/2^i, W/2^i)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottleneck(x)                                          # (B, bottleneck, H/2^D, W/2^D)
+            x, skip = self._run(block, x)                               # (B, w_i, H/2^(i+1), ...), (B, 2w_i, H/2^i, ...)
+            skips.append(skip)
+        x = self.bottleneck(x)                                          # (B, 32b, H/32, W/32)
         for block in reversed(self.decoder):
-            x = self._run(block, x, skips.pop())
-        return UNetOutput(self.mask_head(x), at_least_fp32(self.boundary_head(x)).squeeze(1))
+            x = self._run(block, x, skips.pop())                        # (B, d_i, H/2^i, W/2^i)
+        return UNetOutput(self.label_head(x), at_least_fp32(self.boundary_head(x)).squeeze(1))
 
 
 def make_bottleneck(config: UNetConfig) -> nn.Module:
+    """A bottleneck of the config's kind with the published initialisation."""
     if config.bottleneck == "simple":
-        return SimpleBottleneck(config.features[-1], config.bottleneck_features)
-    return AttentionBottleneck(config.features[-1], config.bottleneck_features,
-                               config.attention_blocks, config.attention_head_dim)
+        module = SimpleBottleneck(config.encoder_widths[-1], config.bottleneck_width)
+    else:
+        module = AttentionBottleneck(config.encoder_widths[-1], config.bottleneck_width, config.attention_blocks)
+    module.apply(published_init)
+    return module
 
 
 def check_input_shape(config: UNetConfig, height: int, width: int) -> None:
@@ -227,7 +317,7 @@ def check_input_shape(config: UNetConfig, height: int, width: int) -> None:
     if height % m or width % m:
         near_h, near_w = (max(m, round(s / m) * m) for s in (height, width))
         raise ValueError(f"input size {height}x{width} (HxW) is not a multiple of {m} "
-                         f"({len(config.features)} poolings); the nearest valid size is {near_h}x{near_w}")
+                         f"({LEVELS} poolings); the nearest valid size is {near_h}x{near_w}")
 
 
 # ---- operations of the staged recipe ----------------------------------------------------------
@@ -249,16 +339,16 @@ def swap_bottleneck(model: UNet) -> UNet:
 def add_local_attention(model: UNet, levels: tuple[int, ...]) -> UNet:
     """Add fresh local attention to decoder `levels` (0 = full resolution), in place.
 
-    The new blocks' output projections start near zero, so the output barely changes.
+    The new blocks' output projections start at 1/100 of their Xavier scale (the published
+    initialisation), so the output barely changes.
     """
     levels = tuple(sorted(set(model.config.local_attention_levels) | set(levels)))
     model.config = dataclasses.replace(model.config, local_attention_levels=levels)
     for i in levels:
         block = model.decoder[i]
         if block.local_attention is None:
-            channels = model.config.features[i]
-            block.local_attention = LocalAttention(channels, model.config.local_attention_head_dim)
-            block.local_attention.to(_model_device(model))
+            out, skip = model.config.decoder_widths[i], 2 * model.config.encoder_widths[i]
+            block.local_attention = new_local_attention(out, skip).to(_model_device(model))
     return model
 
 
@@ -307,6 +397,23 @@ def model_checkpoint(model: nn.Module) -> dict:
             "model": model.state_dict()}
 
 
+def save_atomic(payload: dict, path: Path) -> None:
+    """Write to a temporary file, flush it to disk, then rename: a kill or a full disk never
+    leaves half a file in place of a good one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"could not write {path} ({e.strerror or e}); earlier checkpoints are untouched") from e
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """torch.load with weights_only=True and errors that name the file and the problem."""
     path = Path(path)
@@ -316,13 +423,20 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not written by "
-                         f"torch.save?): {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+                              f"torch.save?): {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    if isinstance(ckpt, dict) and "model_config" not in ckpt and any(k in ckpt for k in RELEASED_MARKERS):
+        raise CheckpointError(f"{path}: a state dict of the released code, not a checkpoint of this "
+                              f"project; convert it first: python unet.py convert {path} OUT.pt")
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no model_config/model entries)")
     version = ckpt.get("format_version", 0)
     if version > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version} is newer than this code "
-                         f"understands ({CHECKPOINT_VERSION}); update the code")
+                              f"understands ({CHECKPOINT_VERSION}); update the code")
+    if version < CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version} holds this project's earlier "
+                              "architecture, which is not the published one and no longer exists here; "
+                              "train again")
     return ckpt
 
 
@@ -337,13 +451,15 @@ def clean_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def load_state(model: UNet, state: dict[str, Tensor], source: str) -> None:
-    """load_state_dict(strict) with an error listing missing, unexpected and mis-shaped keys."""
+def load_state(model: UNet, state: dict[str, Tensor], source: str, names: dict[str, str] | None = None) -> None:
+    """load_state_dict(strict) with an error listing missing, unexpected and mis-shaped keys; `names`
+    gives a key's name in the source file where it differs (converted weights)."""
     state = clean_state_dict(state)
+    names = names or {}
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+    shapes = [f"{names.get(k, k)}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         lines = ([f"missing: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else "")] if missing else [])
@@ -362,6 +478,96 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> UN
     return model.to(map_location)
 
 
+# ---- the released code's weights ---------------------------------------------------------------
+
+# Released key prefix -> ours, tried in order; {i} is a released decoder index (0 = deepest), which
+# becomes our level 4 - i. Every released parameter matches one rule.
+RELEASED_KEYS = (
+    (r"downBlocks\.(\d+)\.layers\.0\.", r"encoder.\1.conv1."),
+    (r"downBlocks\.(\d+)\.layers\.3\.", r"encoder.\1.conv2."),
+    (r"bottleneck\.0\.", "bottleneck.conv1."),      # the `default` bottleneck
+    (r"bottleneck\.2\.", "bottleneck.conv2."),
+    (r"bottleneck\.4\.", "bottleneck.norm."),
+    (r"bottleneck\.(conv1|conv2|blocks)\.", r"bottleneck.\1."),
+    (r"upBlocks\.(\d+)\.convTranspose\.", "decoder.{level}.up."),
+    (r"upBlocks\.(\d+)\.(conv1|conv2|conv3)\.", r"decoder.{level}.\2."),
+    (r"upBlocks\.(\d+)\.attention\.(in_proj|out_proj)\.", r"decoder.{level}.local_attention.\2."),
+    (r"upBlocks\.(\d+)\.attention\.positional_cross_embedding$", "decoder.{level}.local_attention.position_bias"),
+    (r"output\.", "label_head.conv."),
+    (r"normalization\.normalization\.", "label_head.norm."),
+    (r"boundary\.", "boundary_head."),
+)
+# Buffers the released code registers: functions of the input size, computed here instead.
+RELEASED_BUFFERS = re.compile(r"bottleneck\.positional\.positional_embedding|upBlocks\.\d+\.attention\.(masks|cutoff)")
+RELEASED_MARKERS = ("downBlocks.0.layers.0.weight", "module.downBlocks.0.layers.0.weight")
+
+
+def _released_config(state: dict[str, Tensor], source: str) -> UNetConfig:
+    """b, the bottleneck, the local-attention levels and the training size, read off the tensors."""
+    first = state.get("downBlocks.0.layers.0.weight")
+    if first is None or first.ndim != 4 or first.shape[1:] != (3, 3, 3):
+        raise CheckpointError(f"{source}: not a state dict of the released attention-UNet: no "
+                              "downBlocks.0.layers.0.weight of shape (2b, 3, 3, 3)")
+    if "bottleneck.0.weight" in state:
+        bottleneck, blocks = "simple", 3
+    else:
+        found = {int(m.group(1)) for k in state if (m := re.match(r"bottleneck\.blocks\.(\d+)\.", k))}
+        if not found:
+            raise CheckpointError(f"{source}: no bottleneck found (neither bottleneck.0.weight of the "
+                                  "default bottleneck nor bottleneck.blocks.* of the attention one)")
+        bottleneck, blocks = "attention", max(found) + 1
+    levels = tuple(sorted(LEVELS - 1 - int(m.group(1)) for k in state
+                          if (m := re.fullmatch(r"upBlocks\.(\d+)\.attention\.in_proj\.weight", k))))
+    size = 512                                     # the released code's fixed size, unless a buffer says
+    if "bottleneck.positional.positional_embedding" in state:
+        size = state["bottleneck.positional.positional_embedding"].shape[-1] * 2 ** LEVELS
+    return UNetConfig(base_features=first.shape[0] // 2, bottleneck=bottleneck, attention_blocks=blocks,
+                      local_attention_levels=levels, num_labels=state["output.weight"].shape[0]
+                      if "output.weight" in state else NUM_LABELS, image_size=size)
+
+
+def convert_released(state: dict[str, Tensor], source: str = "state dict") -> UNet:
+    """A model of this project holding the weights of a state dict saved by the released code."""
+    state = clean_state_dict(state)
+    config = _released_config(state, source)
+    ours, names, unknown = {}, {}, []
+    for key, value in state.items():
+        if RELEASED_BUFFERS.fullmatch(key):
+            continue
+        for pattern, target in RELEASED_KEYS:
+            if m := re.match(pattern, key):
+                level = LEVELS - 1 - int(m.group(1)) if key.startswith("upBlocks.") else None
+                name = m.expand(target).format(level=level) + key[m.end():]
+                ours[name], names[name] = value, key
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"{source}: keys the released attention-UNet does not have: "
+                              f"{', '.join(unknown[:10])}" + (" ..." if len(unknown) > 10 else ""))
+    model = UNet(config)
+    load_state(model, ours, f"{source} (read as {config}; missing keys in this project's names)", names)
+    return model
+
+
+def convert_file(released: str | Path, out: str | Path) -> UNet:
+    """Read a released-code state dict file, write a checkpoint of this project."""
+    released = Path(released)
+    if not released.is_file():
+        raise CheckpointError(f"{released}: no such file")
+    try:
+        state = torch.load(released, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{released}: not readable by torch.load: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}") from e
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{released}: not a state dict (a dict of tensors, as "
+                              "torch.save(model.state_dict()) writes)")
+    model = convert_released(state, str(released))
+    save_atomic({**model_checkpoint(model), "converted_from": str(released)}, Path(out))
+    return model
+
+
 # ---- command line -------------------------------------------------------------------------------
 
 def count_flops(model: UNet, height: int, width: int) -> int:
@@ -373,22 +579,46 @@ def count_flops(model: UNet, height: int, width: int) -> int:
     return counter.get_total_flops()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Describe a UNet preset: parameters, size, GFLOPs.")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="512_96")
-    parser.add_argument("--image_size", type=int, default=None, help="default: the preset's own")
-    args = parser.parse_args()
-    config = PRESETS[args.preset]
-    size = args.image_size or config.image_size
+def describe(name: str, config: UNetConfig, size: int) -> str:
     with torch.device("meta"):
         model = UNet(config)
     params = sum(p.numel() for p in model.parameters())
-    flops = count_flops(model, size, size)
-    print(f"preset {args.preset}: {config}")
-    print(f"parameters: {params / 1e6:.1f} M ({params * 4 / 2**20:.0f} MB in fp32)")
-    print(f"forward at {size}x{size}: {flops / 1e9:.1f} GFLOPs per image "
-          f"(a training step is about 3x that)")
+    return (f"preset {name}: {config}\n"
+            f"parameters: {params / 1e6:.1f} M ({params * 4 / 1e6:.0f} MB = {params * 4 / 2**20:.0f} MiB in fp32)\n"
+            f"forward at {size}x{size}: {count_flops(model, size, size) / 1e9:.1f} GFLOPs per image "
+            "(a training step is about 3x that)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["convert"]:
+        parser = argparse.ArgumentParser(prog="unet.py convert", description="Convert a state dict saved by "
+                                         "the released code (torch.save(model.state_dict())) to a checkpoint.")
+        parser.add_argument("released", help="the released code's .pt state dict")
+        parser.add_argument("out", help="the checkpoint to write")
+        args = parser.parse_args(argv[1:])
+        try:
+            model = convert_file(args.released, args.out)
+        except CheckpointError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"{args.out}: {model.config}")
+        return 0
+    parser = argparse.ArgumentParser(description="Describe a UNet preset: parameters, size, GFLOPs "
+                                     "(or `unet.py convert RELEASED.pt OUT.pt`).")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="512_96")
+    parser.add_argument("--image_size", type=int, default=None, help="default: the preset's own")
+    args = parser.parse_args(argv)
+    config = PRESETS[args.preset]
+    paper = PAPER_SIZES_MB.get(args.preset)
+    print(describe(args.preset, config, args.image_size or config.image_size))
+    if paper:
+        print(f"paper: {paper} MB")
+    return 0
+
+
+PAPER_SIZES_MB = {"512_96": 560, "512_64_xl": 1800, "256_64_la": 300}   # paper section 1.3
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,11 +16,10 @@ import predict
 import unet
 from dataset import LABELS
 
-# Every kind of block, local attention included, as few as possible: each one slows the export. Local
-# attention at level 1 (half the input size) gets a different tile for odd and even block counts, the
-# case the export example is chosen for.
-CONFIG = unet.UNetConfig(features=(16, 32), bottleneck_features=64, attention_blocks=1, up_convs=1,
-                         local_attention_levels=(1,), image_size=64)  # size_multiple 4
+# Every kind of block, local attention included, as few and as narrow as possible: each one slows the
+# export. Local attention at level 4 (1/16 of the input) gets 4x4 tiles for even block counts and 2x2
+# tiles for odd ones, the case the export example is chosen for; level 1 always gets 4x4 tiles.
+CONFIG = unet.UNetConfig(base_features=4, attention_blocks=1, local_attention_levels=(1, 4), image_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +29,11 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("export")
     checkpoint, onnx_file = folder / "small.pt", folder / "onnx" / "small.onnx"
     model = unet.UNet(CONFIG)
-    attention = model.decoder[1].local_attention
-    with torch.no_grad():  # untrained, it starts as the identity: give it weight, or a wrong graph would pass
-        attention.out.weight.normal_(0, 0.1)
-        attention.position_bias.normal_()
+    with torch.no_grad():  # untrained, it starts near 0: give it weight, or a wrong graph would pass
+        for level in CONFIG.local_attention_levels:
+            attention = model.decoder[level].local_attention
+            attention.out_proj.weight.normal_(0, 0.5)
+            attention.position_bias.normal_()
     torch.save(unet.model_checkpoint(model), checkpoint)
     assert predict.main(["--checkpoint", str(checkpoint), "--export-onnx", str(onnx_file)]) == 0
     return checkpoint, onnx_file
@@ -51,17 +51,19 @@ def test_onnx_matches_pytorch_at_other_batch_sizes_and_image_sizes(exported):
     checkpoint, onnx_file = exported
     model = unet.load_model(checkpoint).eval()
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    # the export example was (2, 3, 12, 20): these differ from it in every dynamic dimension, with
-    # even and odd block counts
-    for batch, height, width in [(1, 64, 96), (3, 28, 4)]:
+    # the export example was (2, 3, 96, 160): these differ from it in every dynamic dimension, with
+    # even and odd block counts at level 4
+    for batch, height, width in [(1, 64, 96), (3, 128, 64)]:
         x = torch.randn(batch, 3, height, width)
         with torch.no_grad():
             expected = model(x)
         mask_logits, boundary_logits = session.run(["mask_logits", "boundary_logits"], {"image": x.numpy()})
         assert mask_logits.shape == (batch, len(LABELS), height, width)
         assert boundary_logits.shape == (batch, height, width)
-        np.testing.assert_allclose(mask_logits, expected.mask_logits.numpy(), rtol=1e-4, atol=2e-4)
-        np.testing.assert_allclose(boundary_logits, expected.boundary_logits.numpy(), rtol=1e-4, atol=2e-4)
+        # float32 reordering, amplified by this narrow model's one-channel GroupNorms and the label
+        # LayerNorm: 2e-3, the tolerance the released model's fixtures are held to
+        np.testing.assert_allclose(mask_logits, expected.mask_logits.numpy(), rtol=1e-4, atol=2e-3)
+        np.testing.assert_allclose(boundary_logits, expected.boundary_logits.numpy(), rtol=1e-4, atol=2e-3)
 
 
 def test_the_file_describes_itself(exported):
@@ -69,7 +71,7 @@ def test_the_file_describes_itself(exported):
     assert list(onnx_file.parent.iterdir()) == [onnx_file]  # the weights are inside, not beside it
     model = onnx.load(str(onnx_file))
     meta = {prop.key: json.loads(prop.value) for prop in model.metadata_props}
-    assert meta == {"mean": list(CONFIG.mean), "std": list(CONFIG.std), "image_size": 64, "size_multiple": 4,
+    assert meta == {"mean": list(CONFIG.mean), "std": list(CONFIG.std), "image_size": 64, "size_multiple": 32,
                     "labels": list(LABELS)}
     (image,) = model.graph.input
     dims = image.type.tensor_type.shape.dim

@@ -12,6 +12,7 @@ from losses import (
     LossConfig,
     boundary_bce,
     dice_loss,
+    inner_pixels,
     segmentation_loss,
     weighted_cross_entropy,
 )
@@ -35,20 +36,25 @@ def test_weighted_ce_by_hand() -> None:
     weights = torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64)
     nll0 = _lse(1.0, 2.0, 0.0) - 2.0
     nll1 = _lse(0.5, -1.0, 2.0) - 2.0
-    expected = (2.0 * nll0 + 5.0 * nll1) / 2  # divided by 2 pixels, not by 2 + 5
+    # released: torch's weighted mean, divided by the weights 2 + 5
     got = weighted_cross_entropy(logits, target, weights)
-    assert got.item() == pytest.approx(expected, rel=1e-12)
-    # torch's weighted 'mean' divides by the weight sum instead: a different number.
-    torch_mean = F.cross_entropy(logits, target, weight=weights)
-    assert torch_mean.item() == pytest.approx((2.0 * nll0 + 5.0 * nll1) / 7, rel=1e-12)
+    assert got.item() == pytest.approx((2.0 * nll0 + 5.0 * nll1) / 7, rel=1e-12)
+    assert got.item() == pytest.approx(F.cross_entropy(logits, target, weight=weights).item(), rel=1e-12)
+    # "pixels": divided by the 2 pixels
+    got = weighted_cross_entropy(logits, target, weights, mean="pixels")
+    assert got.item() == pytest.approx((2.0 * nll0 + 5.0 * nll1) / 2, rel=1e-12)
 
 
 def test_weighted_ce_excludes_ignored_pixels() -> None:
     logits = _pixels([1.0, 2.0, 0.0], [0.5, -1.0, 2.0], [9.0, -9.0, 3.0])  # third pixel ignored
     target = torch.tensor([[[1, 2, IGNORE_INDEX]]])
     weights = torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64)
-    expected = (2.0 * (_lse(1.0, 2.0, 0.0) - 2.0) + 5.0 * (_lse(0.5, -1.0, 2.0) - 2.0)) / 2
-    assert weighted_cross_entropy(logits, target, weights).item() == pytest.approx(expected, rel=1e-12)
+    summed = 2.0 * (_lse(1.0, 2.0, 0.0) - 2.0) + 5.0 * (_lse(0.5, -1.0, 2.0) - 2.0)
+    assert weighted_cross_entropy(logits, target, weights).item() == pytest.approx(summed / 7, rel=1e-12)
+    assert weighted_cross_entropy(logits, target, weights, mean="pixels").item() == pytest.approx(
+        summed / 2, rel=1e-12)
+    expected = F.cross_entropy(logits, target, weight=weights, ignore_index=IGNORE_INDEX)
+    assert weighted_cross_entropy(logits, target, weights).item() == pytest.approx(expected.item(), rel=1e-12)
 
 
 def test_weighted_ce_unit_weights_match_torch() -> None:
@@ -64,13 +70,15 @@ def test_weighted_ce_unit_weights_match_torch() -> None:
 def test_weighted_ce_no_valid_pixel_is_zero_with_gradient() -> None:
     logits = torch.randn(1, 3, 2, 2, requires_grad=True)
     target = torch.full((1, 2, 2), IGNORE_INDEX)
-    loss = weighted_cross_entropy(logits, target, torch.tensor([1.0, 2.0, 5.0]))
-    loss.backward()
-    assert loss.item() == 0.0
-    assert logits.grad is not None and torch.all(logits.grad == 0)
+    for mean in ("weights", "pixels"):
+        logits.grad = None
+        loss = weighted_cross_entropy(logits, target, torch.tensor([1.0, 2.0, 5.0]), mean=mean)
+        loss.backward()
+        assert loss.item() == 0.0
+        assert logits.grad is not None and torch.all(logits.grad == 0)
 
 
-def test_weighted_ce_gradient_accumulation_matches_large_batch() -> None:
+def test_weighted_ce_gradient_accumulation_matches_large_batch_with_the_pixel_mean() -> None:
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64)
     weights = torch.tensor([1.0, 2.0, 5.0], dtype=torch.float64)
@@ -87,14 +95,14 @@ def test_weighted_ce_gradient_accumulation_matches_large_batch() -> None:
         loss.backward()
         return loss.detach(), x.grad
 
-    ours = lambda x, t: weighted_cross_entropy(x, t, weights)  # noqa: E731
+    ours = lambda x, t: weighted_cross_entropy(x, t, weights, mean="pixels")  # noqa: E731
     full, full_grad = loss_and_grad(ours, slice(0, 4))
     a, a_grad = loss_and_grad(ours, slice(0, 2))
     b, b_grad = loss_and_grad(ours, slice(2, 4))
     torch.testing.assert_close(full, (a + b) / 2)
     torch.testing.assert_close(full_grad, (a_grad + b_grad) / 2)
 
-    theirs = lambda x, t: F.cross_entropy(x, t, weight=weights)  # noqa: E731
+    theirs = lambda x, t: weighted_cross_entropy(x, t, weights)  # noqa: E731  (the released mean)
     full, full_grad = loss_and_grad(theirs, slice(0, 4))
     a, a_grad = loss_and_grad(theirs, slice(0, 2))
     b, b_grad = loss_and_grad(theirs, slice(2, 4))
@@ -167,7 +175,7 @@ def test_segmentation_loss_combines_parts_with_configured_weights() -> None:
     total, parts = segmentation_loss(mask_logits, boundary_logits, mask, boundary, config)
 
     ce = weighted_cross_entropy(mask_logits, mask, torch.tensor(DEFAULT_CLASS_WEIGHTS))
-    bce = boundary_bce(boundary_logits, boundary, 10.0, mask != IGNORE_INDEX)
+    bce = boundary_bce(boundary_logits, boundary, 10.0, inner_pixels(mask != IGNORE_INDEX))
     dice = dice_loss(mask_logits, mask)
     torch.testing.assert_close(parts["ce"], ce.detach())
     torch.testing.assert_close(parts["boundary"], bce.detach())
@@ -198,6 +206,23 @@ def test_segmentation_loss_ignores_unlabelled_pixels_in_every_term() -> None:
     boundary2 = torch.where(ignored, 1.0, boundary)
     total2, _ = segmentation_loss(mask_logits2, boundary_logits2, mask, boundary2, config)
     torch.testing.assert_close(total2, total)
+
+
+def test_the_boundary_term_leaves_out_the_outer_ring() -> None:
+    mask_logits, boundary_logits, mask, boundary = _batch()
+    config = LossConfig(ce_mean="pixels")
+    _, parts = segmentation_loss(mask_logits, boundary_logits, mask, boundary, config)
+    ring = torch.ones_like(boundary, dtype=torch.bool)
+    ring[:, 1:-1, 1:-1] = False
+    _, parts2 = segmentation_loss(mask_logits, torch.where(ring, 40.0, boundary_logits), mask, boundary, config)
+    torch.testing.assert_close(parts2["boundary"], parts["boundary"])
+    inner = inner_pixels(mask != IGNORE_INDEX)
+    assert inner.sum() < (mask != IGNORE_INDEX).sum() and not inner[ring].any()
+
+
+def test_released_loss_defaults() -> None:
+    assert (LossConfig().ce_mean, LossConfig().boundary_pos_weight, LossConfig().boundary_weight) == (
+        "weights", 5.0, 1.0)
 
 
 def test_default_class_weights_match_published() -> None:

@@ -6,11 +6,14 @@ Layout on disk (the published data set, and what `synth` writes):
 Photos without a mask are normal (the real set has 44,096 photos and 12,701 masks): they are unlabelled.
 
 Splits go by file name, never by a random draw: the published list `deepfashion-mm-test-split.txt` is
-the test set, and val is the part of the rest whose name hashes below `val_fraction`.
+the test set, and val is the part of the rest whose outfit (`outfit_key`: all views of one outfit
+together) hashes below `val_fraction`.
 
 Run:
     python dataset.py synth OUT_DIR --count 200 [--seed 0]   # synthetic studio photos in the real layout
     python dataset.py check DATA_DIR [--test-split FILE]     # print every problem; exit 1 if there are any
+    python dataset.py split --by-outfit DATA_DIR --out FILE [--fraction 0.1 --seed 0]
+                                                             # an outfit-disjoint test split for --test_split
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import colorsys
 import hashlib
 import logging
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +62,10 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBo
 
 class DataError(ValueError):
     """A data file or folder is missing or malformed; the message names it and says what is wrong."""
+
+
+class EmptySplitError(DataError):
+    """A split holds no pairs; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -134,14 +142,71 @@ def read_split_file(path: str | Path) -> list[str]:
     return stems
 
 
-def _in_val(stem: str, val_fraction: float) -> bool:
-    # a hash of the name, not an RNG: the split survives reordering, subsets and new files
-    return int(hashlib.sha1(stem.encode()).hexdigest(), 16) % 10_000 < val_fraction * 10_000
+# "WOMEN-Dresses-id_00000001-01_1_front": gender-category-id_<person>-<outfit>_<view number>_<view name>
+_OUTFIT_NAME = re.compile(r"(?:.*-)?(id_\d+-\d+)_\d+_[A-Za-z]+")
+
+
+def outfit_key(stem: str) -> str:
+    """The outfit a file name shows, the same for all its views: "id_00000001-01" for
+    "WOMEN-Dresses-id_00000001-01_1_front" (person 00000001, outfit 01, view 1, front). The gender and
+    category in front are left out: no id of the published test list appears under two of them, and
+    leaving them out can only keep more views together. A stem outside this scheme (another data set,
+    your own files) is an outfit of its own: the whole stem."""
+    match = _OUTFIT_NAME.fullmatch(stem)
+    return match.group(1) if match else stem
+
+
+def _name_hash(key: str) -> int:
+    return int(hashlib.sha1(key.encode()).hexdigest(), 16) % 10_000
+
+
+def val_outfits(stems: list[str], val_fraction: float) -> set[str]:
+    """The outfits (`outfit_key`) of the non-test stems held out for validation: those whose key hashes
+    below val_fraction. A hash of the name, not an RNG: the split survives reordering, subsets and new
+    files, and every view of an outfit is on the same side. With val_fraction > 0 and at least two
+    outfits, validation gets at least one (the lowest hash) and training keeps at least one (the
+    highest), so a small data set still validates; a single outfit is all for training."""
+    outfits = sorted({outfit_key(s) for s in stems}, key=lambda o: (_name_hash(o), o))
+    chosen = {o for o in outfits if _name_hash(o) < val_fraction * 10_000}
+    if val_fraction > 0 and outfits:
+        if not chosen and len(outfits) >= 2:
+            chosen = {outfits[0]}
+        elif len(chosen) == len(outfits):
+            chosen.discard(outfits[-1])
+    return chosen
+
+
+def outfit_overlap(test_stems: list[str], stems: list[str]) -> dict[str, int]:
+    """How many of test_stems show an outfit that one of the other `stems` (the labelled images outside
+    the test split, which train and validate a model) shows too: {"images": n, "of": len(test_stems)}."""
+    test = set(test_stems)
+    seen = {outfit_key(s) for s in stems if s not in test}
+    return {"images": sum(outfit_key(s) in seen for s in test), "of": len(test)}
+
+
+def outfit_split(stems: list[str], fraction: float = 0.1, seed: int = 0) -> list[str]:
+    """An outfit-disjoint test split of `stems`: whole outfits, drawn in a seeded random order until they
+    hold at least `fraction` of the images (at least one outfit, never all). -> the chosen stems, sorted."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    groups: dict[str, list[str]] = {}
+    for stem in sorted(set(stems)):
+        groups.setdefault(outfit_key(stem), []).append(stem)
+    if len(groups) < 2:
+        raise DataError(f"an outfit-disjoint split needs at least two outfits, found {len(groups)}")
+    keys = sorted(groups)
+    chosen: list[str] = []
+    for i in np.random.default_rng(seed).permutation(len(keys))[:-1]:   # the last one stays for training
+        if chosen and len(chosen) >= fraction * sum(map(len, groups.values())):
+            break
+        chosen += groups[keys[i]]
+    return sorted(chosen)
 
 
 def split_pairs(pairs: list[Pair], split: str, test_split: str | Path | None = None,
                 val_fraction: float = 0.05) -> list[Pair]:
-    """The pairs of one split: test = named by the split file, val = hash-chosen part of the rest."""
+    """The pairs of one split: test = named by the split file, val = the outfits of the rest that
+    `val_outfits` holds out. An empty split raises EmptySplitError."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not 0 <= val_fraction < 1:
@@ -163,11 +228,15 @@ def split_pairs(pairs: list[Pair], split: str, test_split: str | Path | None = N
         reason = f"none of the {len(test_stems)} names in {split_file} is among the {len(pairs)} pairs"
     else:
         rest = [p for p in pairs if p.stem not in test_stems]
-        chosen = [p for p in rest if _in_val(p.stem, val_fraction) == (split == "val")]
-        reason = (f"{len(rest)} of {len(pairs)} pairs are outside the test split {split_file.name}, and "
-                  f"val_fraction={val_fraction} puts {sum(_in_val(p.stem, val_fraction) for p in rest)} in val")
+        held_out = val_outfits([p.stem for p in rest], val_fraction)
+        chosen = [p for p in rest if (outfit_key(p.stem) in held_out) == (split == "val")]
+        outfits = len({outfit_key(p.stem) for p in rest})
+        reason = (f"{len(rest)} of {len(pairs)} pairs ({outfits} outfit(s)) are outside the test split "
+                  f"{split_file.name}, and val_fraction={val_fraction} puts {len(held_out)} outfit(s) in val")
+        if split == "val" and outfits == 1 and val_fraction > 0:
+            reason += " (a single outfit stays for training)"
     if not chosen:
-        raise DataError(f"{split} split is empty: {reason}")
+        raise EmptySplitError(f"{split} split is empty: {reason}")
     return chosen
 
 
@@ -473,6 +542,10 @@ def check_dataset(root: str | Path, test_split: str | Path | None = None) -> lis
         return problems + [str(err)]
     present = set(stems)
     absent = [name for name in names if name not in present]
+    overlap = outfit_overlap([name for name in names if name in present], stems)
+    log.info("%s: %d of its %d images in %s share an outfit with a labelled image outside it%s",
+             split_file.name, overlap["images"], overlap["of"], root,
+             " (an outfit-disjoint test split: python dataset.py split --by-outfit)" if overlap["images"] else "")
     if test_split is None:
         if absent:
             log.info("%s: %d name(s) not in this data set", split_file.name, len(absent))
@@ -509,6 +582,7 @@ _CATEGORIES = {  # (category, weight) per gender, roughly as in the real data bu
             ("Denim", 2), ("Sweaters", 2), ("Suiting", 2), ("Sweatshirts_Hoodies", 2)),
 }
 _VIEWS = (("front", 30), ("full", 35), ("additional", 20), ("side", 8), ("back", 7))
+_VIEW_NUMBERS = {"front": 1, "side": 2, "back": 3, "full": 4, "additional": 7}  # as in the real names
 _BOTTOM_OF = {"Pants": "pants", "Shorts": "shorts", "Skirts": "skirt", "Leggings": "leggings", "Suiting": "pants"}
 _BOTTOMS = {"WOMEN": (("pants", 40), ("shorts", 20), ("skirt", 28), ("leggings", 12)),
             "MEN": (("pants", 70), ("shorts", 30))}
@@ -1065,20 +1139,34 @@ def _render(rng: np.random.Generator, stem: str, width: int, height: int) -> tup
 
 
 def _synthetic_names(rng: np.random.Generator, count: int) -> list[str]:
-    """About 10% of the names from the published test list (so the default test split finds a test
-    set), the rest made up in the same scheme and never colliding with that list."""
+    """Names in the real scheme, outfits of one to four views (view numbers as in the real names).
+    About 10% are names from the published test list (so the default test split finds a test set),
+    half of them with one more view of their outfit outside the list, as in the real data, where
+    views of a test outfit are training images. The rest are made-up outfits, none of that list."""
     published = read_split_file(DEFAULT_TEST_SPLIT)
     n_test = min(len(published), max(1, round(count / 10))) if count > 1 else 0
     names = [published[i] for i in rng.choice(len(published), n_test, replace=False)]
-    taken = set(published) | set(names)
+    taken, outfits = set(published) | set(names), {outfit_key(n) for n in published}
+    views, weights = zip(*_VIEWS)
+    p_view = np.array(weights) / sum(weights)
+    for name in names[:]:
+        outfit, own_view = name.rsplit("_", 2)[0], name.rsplit("_", 1)[1]
+        others = [v != own_view for v in views]
+        view = str(rng.choice(views, p=p_view * others / (p_view * others).sum()))
+        extra = f"{outfit}_{_VIEW_NUMBERS[view]}_{view}"
+        if len(names) < count and rng.random() < 0.5 and extra not in taken:
+            taken.add(extra)
+            names.append(extra)
     while len(names) < count:
         gender = "WOMEN" if rng.random() < 0.8 else "MEN"
-        category, view = _weighted(rng, _CATEGORIES[gender]), _weighted(rng, _VIEWS)
-        name = (f"{gender}-{category}-id_{int(rng.integers(1, 80_000)):08d}-"
-                f"{int(rng.integers(1, 8)):02d}_{int(rng.integers(1, 8))}_{view}")
-        if name not in taken:
-            taken.add(name)
-            names.append(name)
+        category = _weighted(rng, _CATEGORIES[gender])
+        outfit = f"id_{int(rng.integers(1, 80_000)):08d}-{int(rng.integers(1, 8)):02d}"
+        n_views = min(count - len(names), 1 + int(rng.choice(4, p=(0.3, 0.35, 0.25, 0.1))))
+        if outfit in outfits:
+            continue
+        outfits.add(outfit)
+        for view in rng.choice(views, n_views, replace=False, p=p_view):
+            names.append(f"{gender}-{category}-{outfit}_{_VIEW_NUMBERS[str(view)]}_{view}")
     return names
 
 
@@ -1104,6 +1192,23 @@ def write_synthetic_dataset(out_dir: str | Path, count: int, seed: int = 0, widt
 
 # ---------------------------------------------------------------------------------- command line
 
+def _write_outfit_split(root: Path, out: Path, fraction: float, seed: int) -> int:
+    try:
+        stems = [p.stem for p in find_pairs(root)]
+        chosen = outfit_split(stems, fraction, seed)
+    except ValueError as err:   # DataError included
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    outfits = len({outfit_key(s) for s in chosen})
+    header = (f"# outfit-disjoint test split of {root}: {len(chosen)} of {len(stems)} labelled images, "
+              f"{outfits} whole outfits\n# python dataset.py split --by-outfit {root} --out {out} "
+              f"--fraction {fraction} --seed {seed}\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(header + "".join(f"{s}{_MASK_SUFFIX}\n" for s in chosen))
+    print(f"{out}: {len(chosen)} test images in {outfits} outfits; use it with --test_split {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -1116,12 +1221,21 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="list every problem in a data set; exit 1 if there are any")
     check.add_argument("root", type=Path)
     check.add_argument("--test-split", type=Path, default=None, help="default: the published test list")
+    split = commands.add_parser("split", help="write a test split file for --test_split")
+    split.add_argument("root", type=Path)
+    split.add_argument("--by-outfit", action="store_true", required=True,
+                       help="whole outfits (every view of one) on one side; the only kind offered")
+    split.add_argument("--out", type=Path, required=True, help="the split file to write")
+    split.add_argument("--fraction", type=float, default=0.1, help="share of the labelled images (default 0.1)")
+    split.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "synth":
         pairs = write_synthetic_dataset(args.out_dir, args.count, args.seed, args.width, args.height)
         print(f"{args.out_dir}: wrote {len(pairs)} photo/mask pairs")
         return 0
+    if args.command == "split":
+        return _write_outfit_split(args.root, args.out, args.fraction, args.seed)
     problems = check_dataset(args.root, args.test_split)
     for line in problems:
         print(line)

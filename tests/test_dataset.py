@@ -20,6 +20,7 @@ from dataset import (
     NUM_LABELS,
     PALETTE,
     DataError,
+    EmptySplitError,
     FashionDataset,
     Pair,
     boundary_target,
@@ -31,6 +32,9 @@ from dataset import (
     prepare_batch,
     read_image,
     read_mask,
+    outfit_key,
+    outfit_overlap,
+    outfit_split,
     read_split_file,
     split_pairs,
     write_synthetic_dataset,
@@ -122,8 +126,9 @@ def test_split_pairs_splits_by_name(tmp_path):
     assert {p.stem for p in test} == set(stems[:30])
     assert not {p.stem for p in val} & {p.stem for p in train}
     assert sorted(test + val + train, key=lambda p: p.stem) == sorted(pairs, key=lambda p: p.stem)
-    # the published scheme, pinned so images never move between train and val across versions
-    hashed = {s: int(hashlib.sha1(s.encode()).hexdigest(), 16) % 10_000 for s in stems[30:]}
+    # the scheme pinned, so images never move between train and val across versions: a hash of the
+    # outfit ("id_9xxxxxxx-01"), not of the whole name
+    hashed = {s: int(hashlib.sha1(s[14:28].encode()).hexdigest(), 16) % 10_000 for s in stems[30:]}
     assert {p.stem for p in val} == {s for s, h in hashed.items() if h < 1_000}
     assert 5 <= len(val) <= 60
     assert split_pairs(list(reversed(pairs)), "val", split_file, val_fraction=0.1) == val[::-1]  # not order-based
@@ -135,6 +140,73 @@ def test_split_pairs_splits_by_name(tmp_path):
         split_pairs(pairs, "test")  # none of these names is in the published list
     with pytest.raises(DataError, match="val split is empty"):
         split_pairs(pairs, "val", val_fraction=0.0)
+
+
+
+def _pairs(stems: list[str]) -> list[Pair]:
+    return [Pair(s, Path(f"{s}.jpg"), Path(f"{s}_segm.png")) for s in stems]
+
+
+def test_outfit_key_follows_the_real_names():
+    published = read_split_file(DEFAULT_TEST_SPLIT)
+    assert all(re.fullmatch(r"id_\d{8}-\d{2}", outfit_key(name)) for name in published)
+    assert outfit_key("WOMEN-Dresses-id_00000001-01_1_front") == "id_00000001-01"
+    assert outfit_key("WOMEN-Rompers_Jumpsuits-id_00000001-01_7_additional") == "id_00000001-01"
+    assert outfit_key("MEN-Tees_Tanks-id_00000001-02_6_flat") == "id_00000001-02"   # the next outfit
+    for other in ("a", "IMG_0001", "holiday-2021_1_front", "id_00000001-01"):      # not in the scheme
+        assert outfit_key(other) == other
+
+
+def test_views_of_one_outfit_are_on_one_side_of_the_validation_split(tmp_path):
+    views = ("1_front", "2_side", "3_back", "4_full", "7_additional")
+    stems = [f"WOMEN-Dresses-id_{i:08d}-{j:02d}_{v}" for i in range(1, 80) for j in (1, 2) for v in views]
+    split_file = tmp_path / "test.txt"
+    split_file.write_text(stems[0] + "\n")
+    for fraction in (0.05, 0.2, 0.5):
+        val = {p.stem for p in split_pairs(_pairs(stems), "val", split_file, val_fraction=fraction)}
+        train = {p.stem for p in split_pairs(_pairs(stems), "train", split_file, val_fraction=fraction)}
+        assert not val & train and len(val | train) == len(stems) - 1
+        assert not {outfit_key(s) for s in val} & {outfit_key(s) for s in train}
+        assert 0.5 * fraction < len(val) / len(stems) < 2 * fraction
+
+
+def test_small_sets_validate_on_one_outfit_unless_there_is_only_one(tmp_path):
+    split_file = tmp_path / "test.txt"
+    split_file.write_text("MEN-Pants-id_00000099-01_1_front\n")
+    stems = [f"MEN-Pants-id_{i:08d}-01_{v}" for i in (1, 2, 3, 99) for v in ("1_front", "4_full", "3_back")]
+    val = split_pairs(_pairs(stems), "val", split_file, val_fraction=0.05)
+    train = split_pairs(_pairs(stems), "train", split_file, val_fraction=0.05)
+    # 11 non-test images (outfit 99 has two views beside its test one), 4 outfits: one goes to val
+    assert len({outfit_key(p.stem) for p in val}) == 1 and len(val) == 3 and len(train) == 8
+    # a fraction that holds out every outfit still leaves one for training
+    assert len(split_pairs(_pairs(stems), "train", split_file, val_fraction=0.99)) >= 3
+    one = [s for s in stems if "id_00000001" in s] + ["MEN-Pants-id_00000099-01_1_front"]
+    assert len(split_pairs(_pairs(one), "train", split_file, val_fraction=0.5)) == 3
+    with pytest.raises(EmptySplitError, match="val split is empty.*1 outfit.*single outfit stays for training"):
+        split_pairs(_pairs(one), "val", split_file, val_fraction=0.5)
+
+
+def test_outfit_overlap_by_hand():
+    test = ["WOMEN-Dresses-id_00000001-01_1_front", "WOMEN-Dresses-id_00000001-01_2_side",  # one outfit
+            "WOMEN-Dresses-id_00000002-01_1_front", "MEN-Pants-id_00000003-01_4_full", "mine"]
+    others = ["WOMEN-Dresses-id_00000001-01_4_full",    # a view of a test outfit: both its test views count
+              "WOMEN-Dresses-id_00000002-02_1_front",    # the same person, another outfit: no overlap
+              "WOMEN-Skirts-id_00000003-01_7_additional",  # the same outfit under another category
+              "mine_2"]
+    assert outfit_overlap(test, test + others) == {"images": 3 + 0, "of": 5}
+    assert outfit_overlap(test, test) == {"images": 0, "of": 5}   # test images among themselves: none
+
+
+def test_outfit_split_keeps_every_outfit_on_one_side():
+    stems = [f"WOMEN-Dresses-id_{i:08d}-01_{v}" for i in range(1, 41) for v in ("1_front", "4_full")]
+    stems += [f"photo_{i}" for i in range(20)]
+    test = outfit_split(stems, 0.25, seed=3)
+    assert test == outfit_split(list(reversed(stems)), 0.25, seed=3) != outfit_split(stems, 0.25, seed=4)
+    assert 25 <= len(test) <= 27
+    assert outfit_overlap(test, stems) == {"images": 0, "of": len(test)}
+    assert len(outfit_split(stems[:4], 0.99)) == 2   # one outfit always stays for training
+    with pytest.raises(DataError, match="at least two outfits"):
+        outfit_split(stems[:2])
 
 
 # --- boundary target ---------------------------------------------------------------------------
@@ -368,3 +440,28 @@ def test_check_finds_every_planted_problem(tmp_path):
                          text=True)
     assert bad.returncode == 1
     assert all(str(path) in bad.stdout for path in planted)
+
+
+def test_split_command_writes_an_outfit_disjoint_split_the_loader_takes(tmp_path):
+    root, split_file = tmp_path / "set", tmp_path / "split.txt"
+    stems = [p.stem for p in write_synthetic_dataset(root, 20, seed=4, width=64, height=96)]
+    assert all(NAME.match(s) for s in stems) and len({outfit_key(s) for s in stems}) <= 12  # views of outfits
+    published = set(read_split_file(DEFAULT_TEST_SPLIT))
+    assert outfit_overlap([s for s in stems if s in published], stems) == {"images": 2, "of": 2}
+    default = subprocess.run([sys.executable, "dataset.py", "check", str(root)], cwd=PROJECT,
+                             capture_output=True, text=True)
+    assert "deepfashion-mm-test-split.txt: 2 of its 2 images" in default.stderr
+    assert "share an outfit with a labelled image outside it" in default.stderr
+
+    made = subprocess.run([sys.executable, "dataset.py", "split", "--by-outfit", str(root), "--out", str(split_file),
+                           "--fraction", "0.2", "--seed", "1"], cwd=PROJECT, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    common = dict(image_size=32, test_split=split_file, val_fraction=0.1)
+    test, train, val = (FashionDataset(root, split, **common) for split in ("test", "train", "val"))
+    outfits = [{outfit_key(p.stem) for p in ds.pairs} for ds in (test, train, val)]
+    assert not outfits[0] & outfits[1] and not outfits[0] & outfits[2] and not outfits[1] & outfits[2]
+    assert len(test) + len(train) + len(val) == 20 and len(test) >= 4
+    assert test[0]["image"].shape == (3, 32, 32)
+    checked = subprocess.run([sys.executable, "dataset.py", "check", str(root), "--test-split", str(split_file)],
+                             cwd=PROJECT, capture_output=True, text=True)
+    assert checked.returncode == 0 and f"split.txt: 0 of its {len(test)} images" in checked.stderr

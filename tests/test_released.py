@@ -140,3 +140,28 @@ def test_loading_a_released_file_directly_says_to_convert_it(tmp_path):
     torch.save(released_state_dict("base16_simple"), tmp_path / "released.pt")
     with pytest.raises(unet.CheckpointError, match="python unet.py convert"):
         unet.load_model(tmp_path / "released.pt")
+
+
+def test_converted_weights_start_a_training_stage_and_predict(convert, tmp_path):
+    """A converted checkpoint is an ordinary one: --pretrained_model_path and predict.py take it."""
+    import predict
+    import run
+    from dataset import write_synthetic_dataset
+    from PIL import Image
+
+    model = convert("base16_simple")
+    checkpoint = tmp_path / "converted.pt"
+    torch.save(unet.model_checkpoint(model), checkpoint)
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, 4, seed=3, width=150, height=220)
+    final = run.train(run.parse_config([
+        "--data_dir", str(data), "--output_dir", str(tmp_path / "stage2"), "--pretrained_model_path", str(checkpoint),
+        "--upgrade_bottleneck", "--image_size", "32", "--batch_size", "2", "--max_steps", "1", "--num_workers", "0",
+        "--val_fraction", "0", "--warmup_steps", "1"]))
+    trained = unet.load_model(final)
+    assert trained.config.bottleneck == "attention" and trained.config.base_features == 16
+    assert torch.equal(trained.state_dict()["encoder.0.conv1.weight"], model.state_dict()["encoder.0.conv1.weight"])
+    Image.new("RGB", (40, 60), (200, 180, 160)).save(tmp_path / "photo.png")
+    assert predict.main(["--checkpoint", str(final), "--out", str(tmp_path / "pred"), "--device", "cpu",
+                         str(tmp_path / "photo.png")]) == 0
+    assert Image.open(tmp_path / "pred" / "photo.png").size == (40, 60)

@@ -42,11 +42,12 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from dataset import FashionDataset, colorize, prepare_batch, write_synthetic_dataset
+from dataset import EmptySplitError, FashionDataset, colorize, prepare_batch, write_synthetic_dataset
 from evaluate import confusion_matrix, mean_iou, pixel_accuracy
 from losses import LossConfig, segmentation_loss
-from unet import (PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, load_state, model_checkpoint,
-                  pick_device, read_checkpoint, stage_parameters, swap_bottleneck, unwrap)
+from unet import (LEVELS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, load_state,
+                  model_checkpoint, pick_device, read_checkpoint, save_atomic, stage_parameters, swap_bottleneck,
+                  unwrap)
 
 log = logging.getLogger("run")
 SYNTHETIC_DIR = "data/synthetic"
@@ -64,7 +65,8 @@ class TrainConfig:
                         "synthetic folder is drawn on first use")
     synthetic_images: int = arg(240, "images to draw when the synthetic data set is made")
     test_split: str = arg("", "file naming the test images (default: the published 1,270)")
-    val_fraction: float = arg(0.05, "share of the non-test images held out for validation (by name hash)")
+    val_fraction: float = arg(0.05, "share of the non-test images held out for validation (whole outfits, "
+                                      "by a hash of the name)")
     color_jitter: float = arg(0.1, "colour jitter strength for training samples (0 = off)")
     skip_bad_samples: bool = arg(False, "skip and report unreadable or invalid samples instead of stopping")
     num_workers: int = arg(2, "data-loading processes")
@@ -225,7 +227,7 @@ def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
         config = dataclasses.replace(config, image_size=cfg.image_size)
     model = UNet(config)
     load_state(model, ckpt["model"], cfg.pretrained_model_path)
-    levels = cfg.local_attention_levels or tuple(range(len(config.features)))
+    levels = cfg.local_attention_levels or tuple(range(LEVELS))
     if cfg.upgrade_bottleneck:
         return swap_bottleneck(model), "bottleneck"
     if cfg.upgrade_local_attention:
@@ -277,22 +279,6 @@ def epoch_windows(num_images: int, cfg: TrainConfig, epoch: int, world: int = 1)
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
-
-def save_atomic(payload: dict, path: Path) -> None:
-    """Write to a temporary file, flush it to disk, then rename: a kill or a full disk never
-    leaves half a file in place of a good one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(f"could not write {path} ({e.strerror or e}); earlier checkpoints are untouched") from e
-
 
 def step_checkpoints(output_dir: Path) -> list[Path]:
     """step-*.pt files, oldest first."""
@@ -350,7 +336,13 @@ def make_datasets(cfg: TrainConfig, model: UNet, d: Dist) -> tuple[FashionDatase
     common = dict(image_size=mc.image_size, size_multiple=mc.size_multiple, seed=cfg.seed,
                   test_split=cfg.test_split or None, val_fraction=cfg.val_fraction, skip_bad=cfg.skip_bad_samples)
     train = FashionDataset(data_dir, "train", mode="random_strip", color_jitter=cfg.color_jitter, **common)
-    val = FashionDataset(data_dir, "val", mode="center_strip", **common) if cfg.val_fraction > 0 else None
+    val = None
+    if cfg.val_fraction > 0:
+        try:
+            val = FashionDataset(data_dir, "val", mode="center_strip", **common)
+        except EmptySplitError as e:   # a set too small to hold out an outfit: train on, unvalidated
+            if d.main:
+                log.warning("no validation, training goes on without it (no best.pt, no val metrics): %s", e)
     return train, val
 
 
@@ -563,6 +555,10 @@ def train(cfg: TrainConfig) -> Path:
     if d.main:
         writer.close()
         save_atomic(weights_payload(model, cfg, stage, step, metrics), final)
+        if val_set is None:   # a warning where validation was asked for
+            why = "--val_fraction 0" if cfg.val_fraction == 0 else "the validation split is empty, see above"
+            log.log(logging.INFO if cfg.val_fraction == 0 else logging.WARNING,
+                    "not validated (%s): no best.pt; %s holds the last step's weights", why, final)
     if d.world > 1:
         dist.destroy_process_group()
     return final

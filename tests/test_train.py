@@ -1,5 +1,6 @@
 """run.py: the staged recipe, exact resume, gradient accumulation, checkpoints, flags."""
 import dataclasses
+import logging
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import torch
 from torch.utils.data import default_collate
 
 import run
-from dataset import FashionDataset, write_synthetic_dataset
+from dataset import FashionDataset, outfit_key, write_synthetic_dataset
 from losses import LossConfig
 from unet import PRESETS, UNet, read_checkpoint
 
@@ -22,7 +23,7 @@ FAST = ["--image_size", "32", "--batch_size", "2", "--num_workers", "0", "--val_
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
-    write_synthetic_dataset(root, 16, seed=1, width=150, height=220)
+    write_synthetic_dataset(root, 16, seed=11, width=150, height=220)   # 8 training images at val 0.25
     return root
 
 
@@ -104,6 +105,7 @@ def test_resume_latest_picks_the_newest_checkpoint_or_starts_fresh(data_dir, tmp
 
 
 def test_gradient_accumulation_matches_the_large_batch(data_dir):
+    """Exactly with --ce_mean pixels; the released weighted mean normalises each micro-batch alone."""
     torch.manual_seed(0)
     model = UNet(dataclasses.replace(PRESETS["tiny"], image_size=32)).double()  # float64: exact math, no fp noise
     ds = FashionDataset(data_dir, "all", image_size=32, mode="random_strip")
@@ -114,7 +116,7 @@ def test_gradient_accumulation_matches_the_large_batch(data_dir):
     for split in ([samples], [samples[:2], samples[2:]], [samples[:3], samples[3:]]):
         model.zero_grad()
         parts = run.accumulate_gradients(model, iter([default_collate(s) for s in split]),
-                                         [len(s) / 4 for s in split], LossConfig(), cpu,
+                                         [len(s) / 4 for s in split], LossConfig(ce_mean="pixels"), cpu,
                                          torch.autocast("cpu", enabled=False), scaler)
         grads.append(([p.grad.clone() for p in model.parameters()], parts["total"]))
     (big, big_loss), *others = grads
@@ -189,6 +191,34 @@ def test_an_unreadable_checkpoint_gives_a_clear_error(data_dir, tmp_path):
         run.main(["--data_dir", str(data_dir), "--output_dir", str(tmp_path / "out"),
                   "--pretrained_model_path", str(bad), *FAST])
     assert "broken.pt: not a readable checkpoint" in str(e.value.code)
+
+
+def test_a_12_image_set_trains_with_the_default_split_flags(tmp_path, caplog):
+    """12 labelled images (one of them in the published test list), --val_fraction 0.05: validation
+    takes one whole outfit; with a single non-test outfit, training goes on unvalidated."""
+    data = tmp_path / "twelve"
+    pairs = write_synthetic_dataset(data, 12, seed=0, width=64, height=96)
+    quick = ["--data_dir", str(data), "--image_size", "32", "--batch_size", "2", "--num_workers", "0",
+             "--max_steps", "2"]
+    out = tmp_path / "run"
+    cfg = run.parse_config([*quick, "--output_dir", str(out)])
+    train_set, val_set = run.make_datasets(cfg, UNet(dataclasses.replace(PRESETS["tiny"], image_size=32)),
+                                           run.Dist())
+    val_outfits = {outfit_key(p.stem) for p in val_set.pairs}
+    assert len(val_outfits) == 1 and not val_outfits & {outfit_key(p.stem) for p in train_set.pairs}
+    assert run.train(cfg) == out / "model.pt" and (out / "best.pt").is_file()
+
+    # every image but one outfit's is test: nothing to validate on, and no stop
+    keep = outfit_key(pairs[-1].stem)
+    split_file = tmp_path / "split.txt"
+    split_file.write_text("".join(f"{p.stem}\n" for p in pairs if outfit_key(p.stem) != keep))
+    alone = tmp_path / "alone"
+    with caplog.at_level(logging.WARNING):
+        run.main([*quick, "--output_dir", str(alone), "--test_split", str(split_file)])
+    assert (alone / "model.pt").is_file() and not (alone / "best.pt").exists()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("no validation, training goes on" in m and "val split is empty" in m for m in warned), warned
+    assert "not validated (the validation split is empty, see above): no best.pt" in warned[-1]
 
 
 def test_the_main_job_runs_on_a_fresh_checkout(tmp_path):

@@ -2,7 +2,8 @@
 computes them.
 
 - `GlobalAttention`: 4-head self-attention over every pixel of the bottleneck, queries and keys
-  C/8 wide per head, values C/4, on `F.scaled_dot_product_attention`.
+  C/8 wide per head, values C/4, on `F.scaled_dot_product_attention` (a fused kernel in either
+  memory layout).
 - `LocalAttention`: the decoder's block-local attention. The map is cut into 2x2 query blocks;
   each attends to the 36 pixels of the 3x3 blocks around it, keys outside the image excluded,
   with a learned per-head bias *subtracted* from each logit by relative offset. Cost grows
@@ -71,7 +72,10 @@ class GlobalAttention(nn.Module):
         q, k = (self.kq_proj(tokens).view(b, h * w, 2, HEADS, self.qk_dim)
                 .permute(2, 0, 3, 1, 4).unbind(0))                               # 2 x (B, heads, HW, C/8)
         v = self.v_proj(tokens).view(b, h * w, HEADS, self.v_dim).transpose(1, 2)  # (B, heads, HW, C/4)
-        y = F.scaled_dot_product_attention(q, k, v)                              # (B, heads, HW, C/4)
+        # The fused kernels (flash on the CPU and CUDA, cuDNN) need one width for q, k and v: zeros
+        # appended to q and k leave every q.k as it is, and the scale stays 1/sqrt(C/8).
+        q, k = (F.pad(t, (0, self.v_dim - self.qk_dim)) for t in (q, k))         # 2 x (B, heads, HW, C/4)
+        y = F.scaled_dot_product_attention(q, k, v, scale=self.qk_dim ** -0.5)   # (B, heads, HW, C/4)
         y = self.out_proj(y.transpose(1, 2).reshape(b, h * w, HEADS * self.v_dim))  # (B, HW, C)
         return y.transpose(1, 2).reshape(b, c, h, w)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attention import HEADS, LocalAttention, position_encoding
+from attention import HEADS, GlobalAttention, LocalAttention, position_encoding
 from unet import (PRESETS, UNet, UNetConfig, add_local_attention, load_model, lossy_upsample, model_checkpoint,
                   read_checkpoint, stage_parameters, swap_bottleneck)
 
@@ -269,3 +269,17 @@ def test_older_checkpoints_are_refused_with_the_reason(tmp_path):
     torch.save({**model_checkpoint(model), "format_version": 1}, tmp_path / "old.pt")
     with pytest.raises(ValueError, match="old.pt: checkpoint format version 1 holds this project's earlier"):
         read_checkpoint(tmp_path / "old.pt")
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_global_attention_runs_on_a_fused_kernel_in_either_layout(layout):
+    """Flash attention needs q, k and v of one width with a unit last stride; the math fallback is slow."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    torch.manual_seed(0)
+    attention = GlobalAttention(64).eval()
+    x = torch.randn(2, 64, 4, 6).contiguous(memory_format=layout)
+    with torch.no_grad():
+        plain = attention(x)
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):    # raises "No available kernel" otherwise
+            fused = attention(x)
+    torch.testing.assert_close(fused, plain)

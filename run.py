@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import logging
 import math
@@ -45,9 +46,9 @@ from tqdm import tqdm
 from dataset import EmptySplitError, FashionDataset, colorize, prepare_batch, write_synthetic_dataset
 from evaluate import confusion_matrix, mean_iou, pixel_accuracy
 from losses import LossConfig, segmentation_loss
-from unet import (LEVELS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, load_state,
-                  model_checkpoint, pick_device, read_checkpoint, save_atomic, stage_parameters, swap_bottleneck,
-                  unwrap)
+from unet import (LEVELS, PRECISIONS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, load_state,
+                  model_checkpoint, pick_device, pick_precision, read_checkpoint, save_atomic, stage_parameters,
+                  swap_bottleneck, unwrap)
 
 log = logging.getLogger("run")
 SYNTHETIC_DIR = "data/synthetic"
@@ -94,7 +95,11 @@ class TrainConfig:
     weight_decay: float = arg(0.0, "AdamW weight decay on conv weights (published: Adam, none)")
     max_grad_norm: float = arg(1.0, "gradient clipping norm (0 = off)")
     max_bad_steps: int = arg(10, "stop after this many steps in a row with a non-finite loss or gradient")
-    mixed_precision: str = arg("no", "autocast dtype on CUDA", choices=["no", "fp16", "bf16"])
+    mixed_precision: str = arg("auto", "autocast dtype: auto = bf16 on GPUs that run it natively (Ampere and "
+                               "newer), fp16 with a loss scaler on older ones (T4, V100), fp32 on the CPU",
+                               choices=list(PRECISIONS))
+    channels_last: str = arg("auto", "train channels-last: auto = on the CPU, where it measured faster, off "
+                             "on CUDA, where GroupNorm has no channels-last kernel", choices=["auto", "on", "off"])
     gradient_checkpointing: bool = arg(False, "recompute activations: less memory, more time")
     compile: bool = arg(False, "torch.compile the model")
     seed: int = arg(0, "seed for initialisation and data order")
@@ -181,14 +186,35 @@ class Dist(typing.NamedTuple):
 def setup(cfg: TrainConfig) -> tuple[Dist, torch.device]:
     """Join the torchrun process group when there is one (NCCL on CUDA, Gloo on the CPU)."""
     device = pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True            # fixed input sizes: pick the fastest convolutions
+        torch.set_float32_matmul_precision("high")       # TF32 for what runs in fp32
     world = int(os.environ.get("WORLD_SIZE", "1"))   # set by torchrun
     if world == 1:
         return Dist(), device
     if device.type == "cuda":
         device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}")
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # rank 0 alone writes (and fsyncs) checkpoints of up to ~1.7 GB while the others wait
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30))
     return Dist(dist.get_rank(), world), device
+
+
+def on_rank0(fn: typing.Callable[[], typing.Any], d: Dist, device: torch.device):
+    """fn() on rank 0 (checkpoints, logs), its failure made every process's: the others would
+    otherwise wait for rank 0 in the next collective until the watchdog kills them."""
+    result, error = None, None
+    if d.main:
+        try:
+            result = fn()
+        except Exception as e:   # noqa: BLE001  (re-raised below, on every rank)
+            error = e
+    if d.world > 1 and bool(all_sum(torch.tensor([error is not None], device=device, dtype=torch.int32), d).item()):
+        if error is None:
+            raise SystemExit(f"rank {d.rank}: rank 0 failed writing its outputs (see its error); stopping")
+    if error is not None:
+        raise error
+    return result
 
 
 def all_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -353,10 +379,16 @@ def make_loader(dataset: FashionDataset, cfg: TrainConfig, batch_sampler, device
 
 def to_device(batch: dict, model, device: torch.device) -> tuple[torch.Tensor, ...]:
     """(image, mask, boundary target) on the device, prepared there from the uint8 samples; the image
-    channels-last like the model."""
-    config = unwrap(model).config
-    image, mask, boundary = prepare_batch(batch, config.mean, config.std, device)
-    return image.contiguous(memory_format=torch.channels_last), mask, boundary
+    in the model's memory layout (channels-last or not, as --channels_last chose)."""
+    plain = unwrap(model)
+    image, mask, boundary = prepare_batch(batch, plain.config.mean, plain.config.std, device)
+    nhwc = plain.encoder[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    image = image.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+    if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+        # one compiled graph for every batch size: a short last micro-batch or a process's filler image
+        # would otherwise each compile the whole model again (sizes 0 and 1 are specialised unless unbacked)
+        torch._dynamo.decorators.mark_unbacked(image, 0)
+    return image, mask, boundary
 
 
 # ---- validation --------------------------------------------------------------------------------
@@ -458,23 +490,37 @@ def restore(cfg: TrainConfig, device: torch.device):
     return model.to(device), ckpt["stage"], ckpt
 
 
+def load_training_state(ckpt: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                        device: torch.device) -> None:
+    """Optimizer and loss-scaler state of a resumed run, fitted to this run's device and precision."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group in optimizer.param_groups:          # a run moved from the CPU to CUDA gets the fused step
+        group["fused"] = device.type == "cuda"
+    if scaler.is_enabled() and ckpt["scaler"]:
+        scaler.load_state_dict(ckpt["scaler"])
+    elif scaler.is_enabled() or ckpt["scaler"]:
+        log.info("the checkpoint was trained %s fp16: the loss scale %s", "without" if scaler.is_enabled() else "with",
+                 "starts fresh" if scaler.is_enabled() else "is not needed now")
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) one training stage; returns the path of the final weights."""
     d, device = setup(cfg)
     torch.manual_seed(cfg.seed)
-    if cfg.mixed_precision == "fp16" and device.type != "cuda":
-        raise ValueError("--mixed_precision fp16 needs CUDA (bf16 works on the CPU too)")
+    dtype = pick_precision(cfg.mixed_precision, device)
     output_dir = Path(cfg.output_dir)
     model, stage, ckpt = restore(cfg, device)
-    model.to(memory_format=torch.channels_last)   # faster convolutions on CUDA; on the CPU, local attention
+    if cfg.channels_last == "on" or cfg.channels_last == "auto" and device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
     model.set_gradient_checkpointing(cfg.gradient_checkpointing)
     optimizer = make_optimizer(model, stage, cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
+    # fp16 loss scale: from torch's 2^16 the published model's first 5 steps overflowed (measured on the
+    # tiny preset's first steps), each a bad step; 2^11 was the first to fit
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, enabled=dtype == torch.float16)
     step_images = cfg.batch_size * cfg.gradient_accumulation_steps * d.world
     step, epoch, epoch_images, best = 0, 0, 0, -1.0
     if ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
+        load_training_state(ckpt, optimizer, scaler, device)
         step, epoch, epoch_images, best = ckpt["step"], ckpt["epoch"], ckpt["epoch_images"], ckpt["best_miou"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         warn_if_changed(ckpt, cfg, step_images)
@@ -483,7 +529,6 @@ def train(cfg: TrainConfig) -> Path:
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(train_set) / step_images))
     net = DistributedDataParallel(model) if d.world > 1 else model
     net = torch.compile(net) if cfg.compile else net
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     trained = [p for p in model.parameters() if p.requires_grad]
     writer = start_logging(cfg, model, stage, output_dir) if d.main else None
@@ -512,9 +557,10 @@ def train(cfg: TrainConfig) -> Path:
             parts = {k: all_sum(v.detach().clone(), d) for k, v in parts.items()}
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm or math.inf)
-            finite = torch.isfinite(parts["total"]) and (scaler.is_enabled() or torch.isfinite(grad_norm))
+            # an fp16 overflow makes the unscaled norm infinite: a bad step, and the scaler halves its scale
+            finite = bool(torch.isfinite(parts["total"]) and torch.isfinite(grad_norm))
             if finite:
-                scaler.step(optimizer)            # with fp16, skips itself on overflowing gradients
+                scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step, epoch_images = step + 1, epoch_images + images
@@ -539,12 +585,12 @@ def train(cfg: TrainConfig) -> Path:
             stopping = bool(all_sum(torch.tensor([stop.signal], device=device), d).item())
             if step % cfg.checkpointing_steps == 0 or step == total_steps or stopping:
                 if val_set is not None:
-                    metrics, panel = validate(net, val_set, cfg, device, autocast, d)
-                    if d.main:
-                        best = log_validation(writer, metrics, panel, step, best, model, cfg, stage, output_dir)
-                if d.main:
-                    save_step_checkpoint(training_state(model, optimizer, scaler, cfg, stage, step, epoch, epoch_images,
-                                                        step_images, best), output_dir, cfg.checkpoints_total_limit)
+                    metrics, panel = validate(model, val_set, cfg, device, autocast, d)   # eager: no graph for eval
+                    best = on_rank0(lambda: log_validation(writer, metrics, panel, step, best, model, cfg, stage,
+                                                           output_dir), d, device)
+                on_rank0(lambda: save_step_checkpoint(
+                    training_state(model, optimizer, scaler, cfg, stage, step, epoch, epoch_images, step_images, best),
+                    output_dir, cfg.checkpoints_total_limit), d, device)
             if stopping:
                 raise SystemExit(f"stopped by a signal at step {step}; continue with --resume latest")
         else:
@@ -552,9 +598,9 @@ def train(cfg: TrainConfig) -> Path:
     bar.close()
 
     final = output_dir / cfg.output_file_name
+    on_rank0(lambda: save_atomic(weights_payload(model, cfg, stage, step, metrics), final), d, device)
     if d.main:
         writer.close()
-        save_atomic(weights_payload(model, cfg, stage, step, metrics), final)
         if val_set is None:   # a warning where validation was asked for
             why = "--val_fraction 0" if cfg.val_fraction == 0 else "the validation split is empty, see above"
             log.log(logging.INFO if cfg.val_fraction == 0 else logging.WARNING,

@@ -376,6 +376,32 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """cuDNN runs bf16 convolutions natively from compute capability 8 (Ampere) on; older GPUs
+    (T4, V100) accept bf16 autocast but fall to a slow emulated path."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision name (None: plain fp32). "auto": bf16 on GPUs that run it
+    natively, fp16 (with a loss scaler when training) on older GPUs, fp32 on the CPU. An explicit
+    bf16 on a GPU without native bf16 is refused."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if native_bf16(device) else torch.float16
+    if name == "bf16" and device.type == "cuda" and not native_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ValueError(f"bf16 on {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) "
+                         "has no native kernels and runs every convolution on a slow path; use fp16 (or auto)")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
 # ---- checkpoints --------------------------------------------------------------------------------
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -471,8 +497,9 @@ def load_state(model: UNet, state: dict[str, Tensor], source: str, names: dict[s
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> UNet:
-    """Rebuild a model from a checkpoint file alone."""
-    ckpt = read_checkpoint(path, map_location)
+    """Rebuild a model from a checkpoint file alone, on `map_location`. The file is read on the CPU:
+    a training state's optimizer moments never reach the GPU."""
+    ckpt = read_checkpoint(path)
     model = UNet(UNetConfig.from_dict(ckpt["model_config"]))
     load_state(model, ckpt["model"], str(path))
     return model.to(map_location)

@@ -2,7 +2,7 @@
 with boundary post-processing, on the held-out test split.
 
     python evaluate.py --checkpoint runs/tiny/model.pt --data_dir data/synthetic
-    python evaluate.py --summarize ../shared/data/seed-stats/512_96.csv ../shared/data/seed-stats/512_96_pp.csv
+    python evaluate.py --summarize reference/published-stats/512_96.csv reference/published-stats/512_96_pp.csv
 
 Published figures (paper 1.3) are medians over images: per label, the median over the images
 whose ground truth contains it of (intersection + 1) / (union + 1); pixel accuracy and subject

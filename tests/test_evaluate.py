@@ -14,7 +14,7 @@ import evaluate
 from dataset import IGNORE_INDEX, write_synthetic_dataset
 from unet import PRESETS, UNet, model_checkpoint
 
-SEED_STATS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-stats"
+SEED_STATS = Path(__file__).resolve().parents[1] / "reference" / "published-stats"
 
 
 def test_confusion_matrix_and_dataset_metrics_by_hand():
@@ -67,7 +67,6 @@ def test_median_table_by_hand(tmp_path):
     assert table["pixel accuracy"] == pytest.approx(0.8)        # median of 0.5, 0.9, 1.0, 0.7
 
 
-@pytest.mark.skipif(not SEED_STATS.is_dir(), reason="the published per-image statistics are in ../shared")
 def test_summarize_reproduces_the_published_512_96_column(capsys):
     evaluate.main(["--summarize", str(SEED_STATS / "512_96.csv")])
     out = capsys.readouterr().out
@@ -80,7 +79,6 @@ def test_summarize_reproduces_the_published_512_96_column(capsys):
     assert "| skin | 5.9680 | 1270 |" in out
 
 
-@pytest.mark.skipif(not SEED_STATS.is_dir(), reason="the published per-image statistics are in ../shared")
 def test_summarize_puts_models_side_by_side(tmp_path):
     evaluate.main(["--summarize", str(SEED_STATS / "512_96.csv"), str(SEED_STATS / "512_96_pp.csv"),
                    "--out", str(tmp_path)])

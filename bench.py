@@ -7,7 +7,7 @@
 Figures: the fp32 matrix-multiply rate (the yardstick); a training step (forward, loss,
 backward, AdamW) of a 32-wide model at 256x256, batch 2, with FLOPs counted by
 torch.utils.flop_counter, and the same with local attention on every decoder level; inference
-per image at 512x512 (512_96) beside boundary post-processing on one core; data loading per
+per image at 512x512 (512_96) beside each boundary post-processing method on one core; data loading per
 worker (one thread) beside merely decoding the JPEGs into arrays, and the device-side batch
 preparation after it; peak memory of a 512_96 training step at 512x512 with
 and without gradient checkpointing; on CUDA, the 512_96 bf16 step with and without
@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dataset import FashionDataset, boundary_target, prepare_batch, write_synthetic_dataset
 from losses import LossConfig, segmentation_loss
-from postprocess import postprocess
+import postprocess
 from unet import PRESETS, UNet, UNetConfig
 
 WIDE32 = dataclasses.replace(PRESETS["tiny"], base_features=16, image_size=256)   # widths 32..512
@@ -150,10 +150,12 @@ def realistic_outputs(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     return probs.astype(np.float32), boundary.astype(np.float32)
 
 
-def postprocess_time(size: int, repeats: int) -> float:
-    """Seconds per image; numpy and scipy.ndimage run these operations on one core."""
+def postprocess_times(size: int, repeats: int) -> dict[str, float]:
+    """Seconds per image of each post-processing method (postprocess.METHODS), timed in turns on the
+    same map; numpy and scipy.ndimage run these operations on one core."""
     probs, boundary = realistic_outputs(size)
-    return timed(lambda: postprocess(probs, boundary), repeats)
+    return timed_in_turns({name: (lambda method=method: method(probs, boundary))
+                           for name, method in postprocess.METHODS.items()}, repeats)
 
 
 def loading_rates(folder: Path, count: int) -> dict:
@@ -262,10 +264,11 @@ def main() -> None:
         rows.append(("  local attention: time ratio / FLOP ratio", f"{ratios['time']:.2f}x / {ratios['flops']:.2f}x"))
 
     r["inference_512_96_s"] = inference_time(PRESETS["512_96"], 512, max(2, args.repeats // 2))
-    r["postprocess_512_s"] = postprocess_time(512, args.repeats)
+    r["postprocess_512_s"] = postprocess_times(512, args.repeats)
     rows.append(("inference 512_96, 512x512, per image", f"{r['inference_512_96_s']:.2f} s"))
-    rows.append(("post-processing 512x512, one core", f"{r['postprocess_512_s']:.3f} s = "
-                 f"{r['postprocess_512_s'] / r['inference_512_96_s']:.1%} of inference"))
+    for name, seconds in r["postprocess_512_s"].items():
+        rows.append((f"post-processing {name}, 512x512, one core", f"{seconds:.3f} s = "
+                     f"{seconds / r['inference_512_96_s']:.1%} of inference"))
 
     with tempfile.TemporaryDirectory() as tmp:
         r["loading"] = loading_rates(Path(tmp), 24)

@@ -2,15 +2,19 @@
 with boundary post-processing, on the held-out test split.
 
     python evaluate.py --checkpoint runs/tiny/model.pt --data_dir data/synthetic
+    python evaluate.py --checkpoint runs/tiny/model.pt --data_dir data/synthetic --postprocess published regions
     python evaluate.py --summarize reference/published-stats/512_96.csv reference/published-stats/512_96_pp.csv
 
-Published figures (paper 1.3) are medians over images: per label, the median over the images
+Raw scores the per-pixel argmax; --postprocess names the post-processing scored beside it
+(postprocess.METHODS: `published`, the released algorithm, by default; `regions`; several at once;
+`none`). Published figures (paper 1.3) are medians over images: per label, the median over the images
 whose ground truth contains it of (intersection + 1) / (union + 1); pixel accuracy and subject
 accuracy (pixels whose truth is not background), each the median of the per-image values. The
 per-image CSV has exactly the columns of the published per-image statistics, so runs compare
 row by row; `--summarize` rebuilds the table from such CSVs. Beyond the published table:
 data-set-level IoU and mIoU from the summed confusion matrix, and a boundary F-score.
-Outputs (in --out): per_image.csv, per_image_postprocessed.csv, table.md, table.csv,
+Outputs (in --out): per_image.csv (raw), per_image_postprocessed.csv (the first --postprocess
+method; each further one in per_image_postprocessed_<method>.csv), table.md, table.csv,
 metrics.json, panels/, backwards/.
 """
 from __future__ import annotations
@@ -33,11 +37,13 @@ from tqdm import tqdm
 
 from dataset import (IGNORE_INDEX, LABELS, NUM_LABELS, PALETTE, FashionDataset, boundary_target, find_pairs,
                      outfit_overlap, prepare_batch, prepare_images)
-from postprocess import PostprocessConfig, postprocess
+import postprocess
 
 # Left out of the published table: labels under this share (in %) of the labelled pixels
 # (neckwear, gloves, earrings and tie in the published test set).
 RARE_PROPORTION = 0.001
+# The boundary F-score counts a pixel as predicted boundary from this probability on.
+BOUNDARY_THRESHOLD = 0.5
 CSV_BLOCKS = ("intersection", "union", "predicted mass", "true mass", "iou score")
 CSV_HEADER = (["file"] + [f"{name} {block}" for block in CSV_BLOCKS for name in LABELS]
               + ["pixel accuracy", "model pixel accuracy"]
@@ -260,12 +266,12 @@ def save_backwards(out: Path, name: str, before: np.ndarray, after: np.ndarray) 
 # ---- the evaluation run ---------------------------------------------------------------------------
 
 def evaluate(model, dataset: FashionDataset, out: Path, device: torch.device, batch_size: int = 8,
-             num_workers: int = 2, pp: PostprocessConfig | None = PostprocessConfig(),
-             panels: int = 8) -> dict:
-    """Run the model over `dataset`; write the per-image CSVs and panels; return the summaries."""
+             num_workers: int = 2, methods: tuple[str, ...] = ("published",), panels: int = 8) -> dict:
+    """Run the model over `dataset`, scoring the argmax ("raw") and each post-processing of
+    `methods` (postprocess.METHODS names); write the per-image CSVs and panels; return the summaries."""
     model.eval().to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    variants = ["raw"] + (["postprocessed"] if pp else [])
+    variants = ["raw", *methods]
     rows = {v: [] for v in variants}
     cms = {v: torch.zeros(NUM_LABELS, NUM_LABELS, dtype=torch.int64) for v in variants}
     edges = np.zeros(4, dtype=np.int64)
@@ -281,26 +287,32 @@ def evaluate(model, dataset: FashionDataset, out: Path, device: torch.device, ba
             truth = batch["mask"][i, :h, :w]
             prob, edge = probs[i, :, :h, :w].numpy(), edge_probs[i, :h, :w].numpy()
             maps = {"raw": prob.argmax(0)}
-            if pp:
-                maps["postprocessed"] = postprocess(prob, edge, pp)
+            for method in methods:
+                maps[method] = postprocess.run(method, prob, edge)
             name = dataset.pairs[index].mask.name
             for v, labels in maps.items():
                 cm = confusion_matrix(torch.from_numpy(labels.astype(np.int64)), truth, NUM_LABELS)
                 cms[v] += cm
                 rows[v].append(csv_row(name, image_stats(cm)))
-            threshold = pp.boundary_threshold if pp else 0.5
-            edges += boundary_counts(edge >= threshold, boundary_target(truth).numpy() > 0)
+            edges += boundary_counts(edge >= BOUNDARY_THRESHOLD, boundary_target(truth).numpy() > 0)
             if panels > 0 and len(rows["raw"]) <= panels:
                 save_panel(out / "panels" / f"{Path(name).stem}.png",
                            batch["image"][i, :, :h, :w].permute(1, 2, 0).numpy(),
                            {"truth": truth.numpy(), **maps}, edge)
     out.mkdir(parents=True, exist_ok=True)
     for v in variants:
-        with open(out / ("per_image.csv" if v == "raw" else "per_image_postprocessed.csv"), "w", newline="") as f:
+        with open(out / per_image_csv(v, methods), "w", newline="") as f:
             csv.writer(f).writerows([CSV_HEADER, *rows[v]])
     return {v: {"pixel accuracy": pixel_accuracy(cms[v]), "mIoU": mean_iou(cms[v]),
                 "IoU": dict(zip(LABELS, iou_per_label(cms[v]).tolist()))} for v in variants} | \
            {"boundary F-score": boundary_f_score(edges)}
+
+
+def per_image_csv(variant: str, methods: tuple[str, ...]) -> str:
+    """The per-image CSV's name: per_image.csv for raw, per_image_postprocessed.csv for the first method."""
+    if variant == "raw":
+        return "per_image.csv"
+    return "per_image_postprocessed.csv" if variant == methods[0] else f"per_image_postprocessed_{variant}.csv"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -316,8 +328,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=True,
-                   help="also score the boundary post-processing")
+    p.add_argument("--postprocess", nargs="+", default=["published"], metavar="METHOD",
+                   choices=[*postprocess.METHODS, "none"],
+                   help="post-processing scored beside the raw argmax: published (the released "
+                        "algorithm, default), regions, both (--postprocess published regions), or none")
+    p.add_argument("--no-postprocess", dest="postprocess", action="store_const", const=["none"],
+                   help="score the raw argmax only (= --postprocess none)")
     p.add_argument("--panels", type=int, default=8, help="colour panels to save")
     p.add_argument("--backwards", type=int, default=0, metavar="N",
                    help="run the network backwards (paper 1.10) on the first N images")
@@ -326,6 +342,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.summarize and not (args.checkpoint and args.data_dir):
         p.error("give --checkpoint and --data_dir, or --summarize CSV...")
+    if "none" in args.postprocess and len(args.postprocess) > 1:
+        p.error("--postprocess none scores the raw argmax only: give it alone")
+    if len(set(args.postprocess)) < len(args.postprocess):
+        p.error(f"--postprocess names a method twice: {' '.join(args.postprocess)}")
+    args.postprocess = tuple(m for m in args.postprocess if m != "none")
     return args
 
 
@@ -348,10 +369,10 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:                         # DataError and CheckpointError included
         sys.exit(f"error: {e}")
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
-    results = evaluate(model, dataset, out, device, args.batch_size, args.num_workers,
-                       PostprocessConfig() if args.postprocess else None, args.panels)
-    tables = {v: label_table(read_stats_csv(out / name)) for v, name in
-              (("raw", "per_image.csv"), ("postprocessed", "per_image_postprocessed.csv")) if v in results}
+    results = evaluate(model, dataset, out, device, args.batch_size, args.num_workers, args.postprocess,
+                       args.panels)
+    tables = {v: label_table(read_stats_csv(out / per_image_csv(v, args.postprocess)))
+              for v in ("raw", *args.postprocess)}
     print(write_tables(tables, out))
     for v in tables:
         print(f"{v}: data-set pixel accuracy {results[v]['pixel accuracy']:.4f}, mIoU {results[v]['mIoU']:.4f}")

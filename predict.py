@@ -1,18 +1,23 @@
 """Label people's own photos with a trained checkpoint: photos in, label maps out; export to ONNX.
 
     python predict.py --checkpoint runs/tiny/model.pt me.jpg holiday/ --out predictions
-        [--device auto|cpu|cuda] [--batch_size 4] [--no-postprocess] [--masks] [--probabilities]
+        [--device auto|cpu|cuda] [--batch_size 4] [--postprocess published|regions|none] [--no-postprocess]
+        [--masks] [--probabilities]
     python predict.py --checkpoint runs/tiny/model.pt --export-onnx model.onnx
     python predict.py --checkpoint model.onnx me.jpg holiday/ --out predictions    # onnxruntime
 
 INPUT is an image file (JPEG, PNG, WebP, BMP, GIF, TIFF, whatever PIL opens) or a folder (its image
 files, sorted, not recursive). Photos are turned upright by their EXIF orientation and run at the
 checkpoint's training scale (dataset.prepare_whole_image, as evaluation does). Per photo, named after
-its file stem (a clash gets the folder name or a number appended), at the upright photo's size:
+its file stem (a clash gets the folder name or a number appended), at the upright photo's size, labelled
+by the boundary post-processing --postprocess (postprocess.METHODS: `published`, the released
+algorithm, by default; `regions`) at the model's resolution, or by the per-pixel argmax with
+--no-postprocess (= --postprocess none):
 
     <stem>.png          label ids 0-23 as an indexed PNG coloured with dataset.PALETTE
     <stem>_overlay.jpg  the photo with the label colours blended over it and a legend
     <stem>.json         file, width, height, per present label: id, pixels, fraction; postprocessed
+                        (true or false) and postprocess (the method's name, or "none")
     <stem>_masks/       with --masks: one black/white PNG per present label, e.g. wrist_wearing.png
     <stem>_probs.npz    with --probabilities: float16 softmax and boundary at the model's resolution
 
@@ -43,7 +48,7 @@ from tqdm import tqdm
 
 import unet
 from dataset import LABELS, NUM_LABELS, PALETTE, normalize, prepare_whole_image
-from postprocess import postprocess
+import postprocess
 
 # Files inside a folder count as inputs only with these suffixes; files named explicitly are always tried.
 IMAGE_SUFFIXES = frozenset((".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".avif", ".bmp",
@@ -265,10 +270,11 @@ def predict_batch(forward: Forward, inputs: torch.Tensor, valid_hw: list[tuple[i
             for i, (h, w) in enumerate(valid_hw)]
 
 
-def label_map(probs: np.ndarray, boundary: np.ndarray, size: tuple[int, int], use_postprocess: bool
+def label_map(probs: np.ndarray, boundary: np.ndarray, size: tuple[int, int], method: str = "published"
               ) -> np.ndarray:
-    """(L, h, w) probabilities, (h, w) boundary -> (H, W) uint8 label ids at size = (W, H)."""
-    labels = postprocess(probs, boundary) if use_postprocess else probs.argmax(axis=0).astype(np.uint8)
+    """(L, h, w) probabilities, (h, w) boundary -> (H, W) uint8 label ids at size = (W, H), by the
+    post-processing `method` (a postprocess.METHODS name, or "none" for the per-pixel argmax)."""
+    labels = postprocess.run(method, probs, boundary)
     # labels are decided at the model's resolution; NEAREST keeps them ids when scaled to the photo
     return np.asarray(Image.fromarray(labels).resize(size, Image.Resampling.NEAREST))
 
@@ -292,9 +298,9 @@ def overlay(photo: Image.Image, labels: np.ndarray, pixels: dict[int, int]) -> I
     return blended
 
 
-def write_outputs(out_dir: Path, job: Job, labels: np.ndarray, postprocessed: bool, masks: bool) -> None:
+def write_outputs(out_dir: Path, job: Job, labels: np.ndarray, method: str, masks: bool) -> None:
     """<name>.png, <name>_overlay.jpg, <name>.json and with masks <name>_masks/<label>.png, for the
-    (H, W) uint8 label ids of job's photo."""
+    (H, W) uint8 label ids of job's photo, labelled by post-processing `method` ("none": argmax)."""
     index = Image.fromarray(labels)  # mode L; putpalette makes it P with the label ids as indices
     index.putpalette(PALETTE.tobytes())
     index.save(out_dir / f"{job.name}.png")
@@ -304,7 +310,7 @@ def write_outputs(out_dir: Path, job: Job, labels: np.ndarray, postprocessed: bo
     summary = {"file": str(job.path), "width": job.photo.width, "height": job.photo.height,
                "labels": {LABELS[label]: {"id": label, "pixels": n, "fraction": n / labels.size}
                           for label, n in pixels.items()},
-               "postprocessed": postprocessed}
+               "postprocessed": method != "none", "postprocess": method}
     (out_dir / f"{job.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     if masks:
         folder = out_dir / f"{job.name}_masks"
@@ -380,9 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip larger photos instead of running out of memory; PIL's own "
                              f"decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels) applies too "
                              f"(default: {DEFAULT_MAX_PIXELS})")
-    parser.add_argument("--postprocess", action=argparse.BooleanOptionalAction, default=True,
-                        help="boundary post-processing (postprocess.py) at the model's resolution; "
-                             "--no-postprocess: per-pixel argmax (default: on)")
+    parser.add_argument("--postprocess", choices=[*postprocess.METHODS, "none"], default="published",
+                        help="boundary post-processing (postprocess.py) at the model's resolution: published "
+                             "(the released algorithm), regions, or none for the per-pixel argmax "
+                             "(default: published)")
+    parser.add_argument("--no-postprocess", dest="postprocess", action="store_const", const="none",
+                        help="per-pixel argmax (= --postprocess none)")
     parser.add_argument("--masks", action="store_true",
                         help="also write <stem>_masks/<label>.png, one black/white PNG per present label")
     parser.add_argument("--probabilities", action="store_true",

@@ -88,6 +88,24 @@ def test_summarize_puts_models_side_by_side(tmp_path):
     assert ["subject accuracy", "", "", "0.960", "0.963"] in rows
 
 
+@pytest.mark.parametrize("flags, methods", [
+    ([], ("published",)), (["--postprocess", "regions"], ("regions",)),
+    (["--postprocess", "published", "regions"], ("published", "regions")),
+    (["--postprocess", "none"], ()), (["--no-postprocess"], ()),
+])
+def test_postprocess_flag_names_the_methods(flags, methods):
+    assert evaluate.parse_args(["--checkpoint", "m.pt", "--data_dir", "d", *flags]).postprocess == methods
+    assert [evaluate.per_image_csv(v, methods) for v in ("raw", *methods)] == \
+        ["per_image.csv", "per_image_postprocessed.csv", "per_image_postprocessed_regions.csv"][:1 + len(methods)]
+
+
+@pytest.mark.parametrize("flags", [["--postprocess", "none", "published"], ["--postprocess", "nope"],
+                                   ["--postprocess", "regions", "regions"]])
+def test_postprocess_flag_refuses_nonsense(flags):
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--checkpoint", "m.pt", "--data_dir", "d", *flags])
+
+
 def test_boundary_f_score_by_hand():
     truth = np.zeros((5, 5), bool)
     truth[2, :] = True                                           # 5 true boundary pixels
@@ -108,19 +126,20 @@ def test_a_whole_evaluation_run(tmp_path):
     torch.save(model_checkpoint(UNet(dataclasses.replace(PRESETS["tiny"], image_size=32))), ckpt)
     out = tmp_path / "eval"
     evaluate.main(["--checkpoint", str(ckpt), "--data_dir", str(data), "--out", str(out), "--num_workers", "0",
-                   "--panels", "1", "--backwards", "1", "--backwards_steps", "3"])
+                   "--panels", "1", "--backwards", "1", "--backwards_steps", "3", "--postprocess", "published",
+                   "regions"])
     test_images = 2                                              # 10% of 20 names are published test names
-    for name in ("per_image.csv", "per_image_postprocessed.csv"):
+    for name in ("per_image.csv", "per_image_postprocessed.csv", "per_image_postprocessed_regions.csv"):
         rows = list(csv.reader(open(out / name)))
         assert len(rows) == 1 + test_images
-        if SEED_STATS.is_dir():
-            assert rows[0] == next(csv.reader(open(SEED_STATS / "512_96.csv")))   # the very same columns
+        assert rows[0] == next(csv.reader(open(SEED_STATS / "512_96.csv")))       # the very same columns
         masses = [float(v or 0) for v in rows[1][1 + 72:1 + 96]]                  # true mass block
         assert sum(masses) == 32 * 32
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["raw"]["mIoU"] <= 1 and 0 <= metrics["boundary F-score"] <= 1
     assert metrics["test_outfit_overlap"] == {"images": 1, "of": test_images}   # one has a view outside the list
-    assert (out / "table.md").read_text().startswith("| label | proportion | frequency | raw | postprocessed |")
+    assert (out / "table.md").read_text().startswith("| label | proportion | frequency | raw | published | regions |")
+    assert {"raw", "published", "regions"} <= set(metrics)
     assert len(list((out / "panels").glob("*.png"))) == 1
     assert {p.name.rsplit("_", 1)[1] for p in (out / "backwards").iterdir()} == {"before.png", "after.png",
                                                                                   "difference.png"}

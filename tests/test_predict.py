@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import postprocess
 import predict
 import unet
 from dataset import LABELS, NUM_LABELS, normalize, prepare_whole_image
@@ -79,6 +80,7 @@ def test_odd_inputs_in_one_run(checkpoint, tmp_path, capsys):
     for name, size in sizes.items():
         summary = _outputs_ok(out, name, size)
         assert summary["postprocessed"] is True and Path(summary["file"]).stem == name
+        assert summary["postprocess"] == "published"  # the default
     assert not list(out.glob("broken*"))
 
 
@@ -147,7 +149,25 @@ def test_no_postprocess_is_the_models_argmax(checkpoint, tmp_path):
     expected = Image.fromarray(logits.argmax(0).numpy().astype(np.uint8)).resize((100, 150), Image.Resampling.NEAREST)
     written = np.asarray(Image.open(out / "p.png"))
     assert np.array_equal(written, np.asarray(expected))
-    assert json.loads((out / "p.json").read_text())["postprocessed"] is False
+    summary = json.loads((out / "p.json").read_text())
+    assert summary["postprocessed"] is False and summary["postprocess"] == "none"
+
+
+@pytest.mark.parametrize("flags, method", [([], "published"), (["--postprocess", "regions"], "regions"),
+                                           (["--postprocess", "none"], "none"), (["--no-postprocess"], "none")])
+def test_postprocess_flag_picks_the_method(flags, method):
+    assert predict.parse_args(["--checkpoint", "m.pt", "p.jpg", "--out", "o", *flags]).postprocess == method
+    with pytest.raises(SystemExit):
+        predict.parse_args(["--checkpoint", "m.pt", "p.jpg", "--out", "o", "--postprocess", "nope"])
+
+
+def test_label_map_runs_the_chosen_method():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(NUM_LABELS, 0.3), size=(20, 14)).transpose(2, 0, 1).astype(np.float32)
+    boundary = rng.random((20, 14)).astype(np.float32)
+    for method in ("published", "regions", "none"):
+        expected = Image.fromarray(postprocess.run(method, probs, boundary)).resize((28, 40), Image.Resampling.NEAREST)
+        assert np.array_equal(predict.label_map(probs, boundary, (28, 40), method), np.asarray(expected))
 
 
 def test_masks_and_probabilities(checkpoint, tmp_path):

@@ -350,21 +350,26 @@ class _Dust:
         p = self.probs[joins]
         moved = np.zeros(joins.size + 1)  # running sum of |p_j - s_j m| in this order
         np.cumsum(_l1(p, p.sum(axis=1, keepdims=True) * self.means[regions]), dtype=np.float64, out=moved[1:])
-        seen = self.seen[:, active]  # (4, A)
-        k, i = np.nonzero((seen >= 0) & (seen < self.growing))
+        grew = np.zeros(self.stats.shape[0] + 1, bool)  # [-1]: no region
+        grew[regions] = True
+        # Only pixels seeing a region that grew can have a distance off its exact value.
+        columns = self._distinct(grew[self.seen[:, active]].nonzero()[1])
+        pixels = active[columns]
+        seen = self.seen[:, pixels]  # (4, C)
+        k, i = grew[seen].nonzero()
         r = seen[k, i]
-        before = keys.searchsorted(self._key(r, active[i], later))
+        before = keys.searchsorted(self._key(r, pixels[i], later))
         start = keys.searchsorted(r * self.span)
-        drift = np.zeros(seen.shape)  # (4, A) how far each distance can be from its exact value
+        drift = np.zeros(seen.shape)  # (4, C) how far each distance can be from its exact value
         drift[k, i] = np.where(before > start, (moved[before] - moved[start]) / np.maximum(self.mass[r], 1e-30)
                                + _SLACK, 0.0)
-        distance = self.distance[:, active]
+        distance = self.distance[:, pixels]
         best = distance.argmin(axis=0)
-        column = np.arange(active.size)
+        column = np.arange(pixels.size)
         d, margin, region = distance[best, column], drift[best, column], seen[best, column]
-        unsure = np.abs(d - self.join * self.patience[active]) <= margin
+        unsure = np.abs(d - self.join * self.patience[pixels]) <= margin
         unsure |= ((seen != region) & (distance - drift <= d + margin)).any(axis=0)
-        pixels = active[unsure]
+        pixels = pixels[unsure]
         while pixels.size:
             self._exact_distances(pixels, active, later)
             new, _ = self._decide(pixels)
@@ -449,7 +454,10 @@ def _running_sums(start: np.ndarray, values: np.ndarray, segment: np.ndarray) ->
     if length.max() == 1:
         return start[segment] + values
     rank = np.arange(segment.size) - np.repeat(head, length)
-    group = np.ceil(np.log2(length) / 2).astype(int)  # lengths 1 | 2-4 | 5-16 | 17-64 | ...
+    if (length.max() + 1) * head.size <= max(4 * (segment.size + head.size), 4096):
+        group = np.zeros(head.size, int)  # one array: the padding stays small
+    else:
+        group = np.ceil(np.log2(length) / 2).astype(int)  # lengths 1 | 2-4 | 5-16 | 17-64 | ...
     out = np.empty_like(values)
     for g in range(group.max() + 1):
         segments = np.flatnonzero(group == g)

@@ -261,11 +261,12 @@ def test_walls_by_hand():
     assert walls[0].all() and walls[-1].all() and walls[:, 0].all() and walls[:, -1].all()
 
 
-def test_running_sums_add_one_row_at_a_time():
+@pytest.mark.parametrize("lengths", [[40, 1, 70, 3, 50, 36], [3000] + [1] * 2000 + [20] * 30])
+def test_running_sums_add_one_row_at_a_time(lengths: list[int]):
     rng = np.random.default_rng(4)
-    segment = np.sort(rng.integers(0, 6, 200))
-    values = (rng.random((200, 24)) * rng.choice([1e-3, 1.0, 1e3], (200, 1))).astype(np.float32)
-    start = rng.random((6, 24)).astype(np.float32) * 100
+    segment = np.repeat(np.arange(len(lengths)), lengths)  # the second: several groups of lengths
+    values = (rng.random((segment.size, 24)) * rng.choice([1e-3, 1.0, 1e3], (segment.size, 1))).astype(np.float32)
+    start = (rng.random((len(lengths), 24)) * 100).astype(np.float32)
     expected, running = np.empty_like(values), start.copy()
     for i, s in enumerate(segment):
         running[s] = running[s] + values[i]

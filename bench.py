@@ -3,6 +3,7 @@
     python bench.py                    # everything, about 5-10 minutes on a 2-core CPU
     python bench.py --out bench.json   # also write the figures as JSON
     python bench.py --compile          # also the CPU training steps under torch.compile (+3-4 minutes)
+    python bench.py --gpu-check        # on a GPU: tests/test_cuda.py and the CUDA figures (under 10 minutes)
 
 Figures: the fp32 matrix-multiply rate (the yardstick); a training step (forward, loss,
 backward, AdamW) of a 32-wide model at 256x256, batch 2, with FLOPs counted by
@@ -35,10 +36,30 @@ from torch.utils.flop_counter import FlopCounterMode
 from dataset import FashionDataset, boundary_target, prepare_batch, write_synthetic_dataset
 from losses import LossConfig, segmentation_loss
 import postprocess
-from unet import PRESETS, UNet, UNetConfig
+from unet import PRESETS, UNet, UNetConfig, pick_precision
 
 WIDE32 = dataclasses.replace(PRESETS["tiny"], base_features=16, image_size=256)   # widths 32..512
-BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}   # dense, per card
+# Dense bf16 (fp16 where the card has no bf16) tensor-core peaks, per card, by the exact name
+# torch.cuda.get_device_name() gives: "H100" alone would also match the slower PCIe and NVL cards,
+# "L4" the L40 and L40S.
+PEAK_FLOPS = {
+    "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12, "NVIDIA H200 NVL": 835e12,
+    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA A100-PCIE-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA L4": 121e12, "NVIDIA L40": 181e12, "NVIDIA L40S": 362e12,
+    "Tesla T4": 65e12, "Tesla V100-SXM2-16GB": 125e12, "Tesla V100-SXM2-32GB": 125e12, "Tesla V100-PCIE-16GB": 112e12,
+}
+SDPA_KERNELS = {"aten::_scaled_dot_product_flash_attention": "flash",
+                "aten::_scaled_dot_product_efficient_attention": "efficient",
+                "aten::_scaled_dot_product_cudnn_attention": "cudnn",
+                "aten::_scaled_dot_product_attention_math": "math",
+                "aten::_scaled_dot_product_flash_attention_for_cpu": "flash (CPU)"}
+
+
+def peak_flops(name: str) -> float | None:
+    """The card's dense half-precision peak, None for a card not in the table."""
+    return PEAK_FLOPS.get(name)
 
 
 def timed(fn, repeats: int, warmup: int = 1) -> float:
@@ -78,25 +99,30 @@ def fake_batch(batch: int, size: int, device: torch.device) -> tuple[torch.Tenso
 
 
 def make_train_step(config: UNetConfig, size: int, batch: int, device=torch.device("cpu"),
-                    autocast_dtype=None, compile: bool = False, checkpointing: bool = False
-                    ) -> tuple[Callable[[], None], int]:
-    """A training step (forward, loss, backward, AdamW) as run.py takes it, and its FLOPs."""
+                    autocast_dtype=None, compile: bool = False, checkpointing: bool = False,
+                    channels_last: bool | None = None) -> tuple[Callable[[], None], int]:
+    """A training step (forward, loss, backward, AdamW) as run.py takes it, and its FLOPs.
+    channels_last None: run.py's --channels_last auto (on the CPU only)."""
     torch.manual_seed(0)
     model = UNet(config).to(device)
     model.set_gradient_checkpointing(checkpointing)
-    model = model.to(memory_format=torch.channels_last)   # as run.py trains
+    layout = torch.channels_last if (device.type == "cpu" if channels_last is None else channels_last) \
+        else torch.contiguous_format
+    model = model.to(memory_format=layout)
     net = torch.compile(model) if compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, enabled=autocast_dtype == torch.float16)
     image, mask, boundary = fake_batch(batch, size, device)
-    image = image.contiguous(memory_format=torch.channels_last)
+    image = image.contiguous(memory_format=layout)
     loss_config = LossConfig()
 
     def step():
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = net(image)
             loss, _ = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, loss_config)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -123,10 +149,20 @@ def train_steps(steps: dict[str, tuple[Callable[[], None], int]], batch: int, re
 
 
 def train_step(config: UNetConfig, size: int, batch: int, repeats: int, device=torch.device("cpu"),
-               autocast_dtype=None, compile: bool = False, checkpointing: bool = False) -> dict:
+               autocast_dtype=None, compile: bool = False, checkpointing: bool = False,
+               channels_last: bool | None = None) -> dict:
     """Seconds per training step and the FLOPs of its forward + backward, for one configuration."""
-    step = make_train_step(config, size, batch, device, autocast_dtype, compile, checkpointing)
+    step = make_train_step(config, size, batch, device, autocast_dtype, compile, checkpointing, channels_last)
     return train_steps({"step": step}, batch, repeats)["step"]
+
+
+def attention_kernels(step: Callable[[], None]) -> list[str]:
+    """The scaled-dot-product-attention kernels one run of `step` calls, read from a profiler trace."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as trace:
+        step()
+    return sorted({SDPA_KERNELS[e.key] for e in trace.key_averages() if e.key in SDPA_KERNELS})
 
 
 def inference_time(config: UNetConfig, size: int, repeats: int) -> float:
@@ -194,7 +230,8 @@ def peak_memory(checkpointing: bool) -> float:
     """Peak bytes of a 512_96 training step at 512x512, batch 1: CUDA allocator or process RSS."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-        train_step(PRESETS["512_96"], 512, 1, 1, torch.device("cuda"), torch.bfloat16, checkpointing=checkpointing)
+        device = torch.device("cuda")
+        train_step(PRESETS["512_96"], 512, 1, 1, device, pick_precision("auto", device), checkpointing=checkpointing)
         return torch.cuda.max_memory_allocated()
     ctx = multiprocessing.get_context("spawn")   # a fresh process: RSS peaks never go down
     queue = ctx.Queue()
@@ -206,29 +243,44 @@ def peak_memory(checkpointing: bool) -> float:
 
 
 def cuda_figures(repeats: int) -> dict:
-    """512_96 at 512x512 in bf16: images/s and model FLOP utilisation, eager and compiled."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    """512_96 at 512x512, batch 8: images/s and model FLOP utilisation in bf16 (where native) and
+    fp16, eager and compiled, NCHW and channels-last; the attention kernels the timed step ran; local
+    attention on the three deepest levels."""
     device = torch.device("cuda")
     name = torch.cuda.get_device_name()
-    peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
-    result = {"device": name}
+    peak = peak_flops(name)
+    result = {"device": name, "peak_flops": peak}
     batch = 8
-    for compiled in (False, True):
-        step = train_step(PRESETS["512_96"], 512, batch, repeats, device, torch.bfloat16, compile=compiled)
-        key = "compiled" if compiled else "eager"
-        result[key] = {**step, "mfu": step["flops"] / step["seconds"] / peak if peak else None}
-    # The bottleneck's global attention must run on a fused kernel: allow only one and see that
-    # nothing fails. (Local attention uses plain matrix products, not this function.)
-    model = UNet(dataclasses.replace(PRESETS["256_64_la"], local_attention_levels=())).to(device)
-    image = torch.randn(2, 3, 256, 256, device=device)
-    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
-        try:
-            with sdpa_kernel([backend]), torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
-                model(image)
-            result[f"attention_runs_on_{backend.name.lower()}"] = True
-        except RuntimeError:
-            result[f"attention_runs_on_{backend.name.lower()}"] = False
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16} if torch.cuda.get_device_capability() >= (8, 0) \
+        else {"fp16": torch.float16}
+    runs = [(p, False, False) for p in dtypes] + [(next(iter(dtypes)), True, False), (next(iter(dtypes)), False, True)]
+    for precision, compiled, nhwc in runs:
+        step, flops = make_train_step(PRESETS["512_96"], 512, batch, device, dtypes[precision], compiled,
+                                      channels_last=nhwc)
+        timing = train_steps({"s": (step, flops)}, batch, repeats)["s"]
+        key = f"{precision}{', compiled' if compiled else ''}{', channels-last' if nhwc else ''}"
+        result[key] = {**timing, "mfu": timing["flops"] / timing["seconds"] / peak if peak else None,
+                       "attention_kernels": attention_kernels(step)}
+    la = dataclasses.replace(PRESETS["512_96"], local_attention_levels=(2, 3, 4))
+    precision = next(iter(dtypes))
+    timing = train_step(la, 512, batch, repeats, device, dtypes[precision])
+    result["local_attention_deepest_3_ratio"] = timing["seconds"] / result[precision]["seconds"]
     return result
+
+
+def gpu_check(args: argparse.Namespace) -> None:
+    """The CUDA tests, then the CUDA section of the bench, printed and (with --out) saved."""
+    import subprocess
+    import sys
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu-check needs a CUDA GPU; torch sees none")
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_cuda.py"], cwd=Path(__file__).parent)
+    figures = {"tests_passed": tests.returncode == 0, **cuda_figures(args.repeats)}
+    print(json.dumps(figures, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2))
+    if tests.returncode:
+        raise SystemExit("tests/test_cuda.py failed (see above)")
 
 
 def main() -> None:
@@ -237,7 +289,12 @@ def main() -> None:
     parser.add_argument("--out", default="", help="also write the figures to this JSON file")
     parser.add_argument("--compile", action="store_true",
                         help="also time both CPU training steps under torch.compile (3-4 more minutes)")
+    parser.add_argument("--gpu-check", action="store_true",
+                        help="on a CUDA machine: tests/test_cuda.py, then the CUDA figures only (under 10 minutes)")
     args = parser.parse_args()
+    if args.gpu_check:
+        gpu_check(args)
+        return
     r = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                     f"torch {torch.__version__}"}
     rows = []
@@ -262,6 +319,13 @@ def main() -> None:
         ratios = {"time": r[local]["seconds"] / r[plain]["seconds"], "flops": r[local]["flops"] / r[plain]["flops"]}
         r["local_attention_ratios" + ("_compiled" if compiled else "")] = ratios
         rows.append(("  local attention: time ratio / FLOP ratio", f"{ratios['time']:.2f}x / {ratios['flops']:.2f}x"))
+
+    r.update(train_steps({"train_step_nchw": make_train_step(WIDE32, 256, 2, channels_last=False)}, 2, args.repeats))
+    r["channels_last_speedup_cpu"] = r["train_step_nchw"]["seconds"] / r["train_step"]["seconds"]
+    rows.append(("  the plain step NCHW instead of channels-last", f"{r['train_step_nchw']['seconds'] * 1000:.0f} ms/step: "
+                 f"channels-last is {r['channels_last_speedup_cpu']:.2f}x as fast"))
+    r["train_step"]["attention_kernels"] = attention_kernels(make_train_step(WIDE32, 256, 2)[0])
+    rows.append(("  its global attention runs on", ", ".join(r["train_step"]["attention_kernels"])))
 
     r["inference_512_96_s"] = inference_time(PRESETS["512_96"], 512, max(2, args.repeats // 2))
     r["postprocess_512_s"] = postprocess_times(512, args.repeats)
@@ -290,13 +354,12 @@ def main() -> None:
 
     if torch.cuda.is_available():
         r["cuda"] = cuda_figures(args.repeats)
-        for key in ("eager", "compiled"):
-            c = r["cuda"][key]
-            mfu = f"{c['mfu']:.0%}" if c["mfu"] else "unknown peak"
-            rows.append((f"CUDA 512_96 bf16 512x512 batch 8, {key}", f"{c['images_per_s']:.1f} images/s, MFU {mfu}"))
-        rows.append(("CUDA attention kernels (flash, efficient)",
-                     f"{r['cuda']['attention_runs_on_flash_attention']}, "
-                     f"{r['cuda']['attention_runs_on_efficient_attention']}"))
+        for key, c in r["cuda"].items():
+            if isinstance(c, dict):
+                mfu = f"MFU {c['mfu']:.0%}" if c["mfu"] else "MFU unknown (card not in bench.PEAK_FLOPS)"
+                rows.append((f"CUDA 512_96 512x512 batch 8, {key}", f"{c['images_per_s']:.1f} images/s, {mfu}, "
+                             f"attention on {', '.join(c['attention_kernels']) or 'no SDPA call'}"))
+        rows.append(("CUDA local attention on the 3 deepest levels", f"{r['cuda']['local_attention_deepest_3_ratio']:.2f}x"))
 
     width = max(len(k) for k, _ in rows)
     print(f"bench on {r['machine']}")

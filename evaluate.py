@@ -266,11 +266,13 @@ def save_backwards(out: Path, name: str, before: np.ndarray, after: np.ndarray) 
 # ---- the evaluation run ---------------------------------------------------------------------------
 
 def evaluate(model, dataset: FashionDataset, out: Path, device: torch.device, batch_size: int = 8,
-             num_workers: int = 2, methods: tuple[str, ...] = ("published",), panels: int = 8) -> dict:
+             num_workers: int = 2, methods: tuple[str, ...] = ("published",), panels: int = 8,
+             dtype: torch.dtype | None = None) -> dict:
     """Run the model over `dataset`, scoring the argmax ("raw") and each post-processing of
-    `methods` (postprocess.METHODS names); write the per-image CSVs and panels; return the summaries."""
+    `methods` (postprocess.METHODS names); write the per-image CSVs and panels; return the summaries.
+    dtype: the autocast dtype (unet.pick_precision), None for fp32."""
     model.eval().to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     variants = ["raw", *methods]
     rows = {v: [] for v in variants}
     cms = {v: torch.zeros(NUM_LABELS, NUM_LABELS, dtype=torch.int64) for v in variants}
@@ -328,6 +330,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="autocast dtype: auto = bf16 on GPUs that run it natively, fp16 on older GPUs, fp32 "
+                        "on the CPU, as run.py trains (default: auto)")
     p.add_argument("--postprocess", nargs="+", default=["published"], metavar="METHOD",
                    choices=[*postprocess.METHODS, "none"],
                    help="post-processing scored beside the raw argmax: published (the released "
@@ -359,9 +364,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"error: {e}")
         print(write_tables(tables, Path(args.out)) if args.out else format_tables(tables)[0])
         return
-    from unet import load_model, pick_device   # here: --summarize needs no model code
+    from unet import load_model, pick_device, pick_precision   # here: --summarize needs no model code
     try:
         device = pick_device(args.device)
+        dtype = pick_precision(args.precision, device)
         model = load_model(args.checkpoint)
         config = model.config
         dataset = FashionDataset(args.data_dir, args.split, image_size=config.image_size, mode=args.mode,
@@ -370,7 +376,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {e}")
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
     results = evaluate(model, dataset, out, device, args.batch_size, args.num_workers, args.postprocess,
-                       args.panels)
+                       args.panels, dtype)
+    results["precision"] = str(dtype or torch.float32).removeprefix("torch.")
     tables = {v: label_table(read_stats_csv(out / per_image_csv(v, args.postprocess)))
               for v in ("raw", *args.postprocess)}
     print(write_tables(tables, out))

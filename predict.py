@@ -200,12 +200,13 @@ def same_shape_batches(jobs: Iterable[Job], batch_size: int) -> Iterator[list[Jo
 
 # ---------------------------------------------------------------------------------- the model
 
-def torch_backend(path: Path, device: torch.device) -> Backend:
-    """A run.py checkpoint on PyTorch, with bf16 autocast on CUDA."""
+def torch_backend(path: Path, device: torch.device, precision: str = "auto") -> Backend:
+    """A run.py checkpoint on PyTorch, under autocast as unet.pick_precision chooses."""
+    dtype = unet.pick_precision(precision, device)
     model = unet.load_model(path, device).eval()
 
     def forward(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
             output = model(inputs.to(device))
         return output.mask_logits, output.boundary_logits
 
@@ -252,11 +253,11 @@ def read_onnx_metadata(path: Path, props: dict[str, str]) -> dict:
     return meta
 
 
-def load_backend(path: Path, device: str) -> Backend:
-    """An .onnx file on onnxruntime, anything else as a run.py checkpoint on PyTorch."""
+def load_backend(path: Path, device: str, precision: str = "auto") -> Backend:
+    """An .onnx file on onnxruntime (fp32), anything else as a run.py checkpoint on PyTorch."""
     if path.suffix.lower() == ".onnx":
         return onnx_backend(path, device)
-    return torch_backend(path, unet.pick_device(device))
+    return torch_backend(path, unet.pick_device(device), precision)
 
 
 def predict_batch(forward: Forward, inputs: torch.Tensor, valid_hw: list[tuple[int, int]]
@@ -378,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output folder, created if missing (required with INPUT)")
     parser.add_argument("--export-onnx", type=Path, metavar="FILE",
                         help="write the --checkpoint's model to this ONNX file instead of predicting")
+    parser.add_argument("--precision", choices=unet.PRECISIONS, default="auto",
+                        help="autocast dtype for a PyTorch checkpoint: auto = bf16 on GPUs that run it natively, "
+                             "fp16 on older GPUs, fp32 on the CPU, as run.py trains (default: auto)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda when available (default: auto)")
     parser.add_argument("--batch_size", type=_positive_int, default=4,
@@ -421,7 +425,7 @@ def predict_photos(args: argparse.Namespace) -> int:
                              f"(looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
         names = output_names(paths)
         check_no_overwrite(paths, names, args.out)
-        backend = load_backend(args.checkpoint, args.device)
+        backend = load_backend(args.checkpoint, args.device, args.precision)
     except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError is a ValueError
         build_parser().error(str(err))
     args.out.mkdir(parents=True, exist_ok=True)

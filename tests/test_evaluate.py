@@ -137,6 +137,7 @@ def test_a_whole_evaluation_run(tmp_path):
         assert sum(masses) == 32 * 32
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["raw"]["mIoU"] <= 1 and 0 <= metrics["boundary F-score"] <= 1
+    assert metrics["precision"] == "float32"                     # --precision auto on the CPU
     assert metrics["test_outfit_overlap"] == {"images": 1, "of": test_images}   # one has a view outside the list
     assert (out / "table.md").read_text().startswith("| label | proportion | frequency | raw | published | regions |")
     assert {"raw", "published", "regions"} <= set(metrics)

@@ -202,7 +202,8 @@ def setup(cfg: TrainConfig) -> tuple[Dist, torch.device]:
 
 def on_rank0(fn: typing.Callable[[], typing.Any], d: Dist, device: torch.device):
     """fn() on rank 0 (checkpoints, logs), its failure made every process's: the others would
-    otherwise wait for rank 0 in the next collective until the watchdog kills them."""
+    otherwise wait for rank 0 in the next collective until the watchdog kills them. Returns fn's
+    result on rank 0, None on the others."""
     result, error = None, None
     if d.main:
         try:

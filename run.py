@@ -43,9 +43,10 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from dataset import EmptySplitError, FashionDataset, colorize, prepare_batch, write_synthetic_dataset
+from dataset import EmptySplitError, FashionDataset, colorize, prepare_batch
 from evaluate import confusion_matrix, mean_iou, pixel_accuracy
 from losses import LossConfig, segmentation_loss
+from synthetic import write_synthetic_dataset
 from unet import (LEVELS, PRECISIONS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, load_state,
                   model_checkpoint, pick_device, pick_precision, read_checkpoint, save_atomic, stage_parameters,
                   swap_bottleneck, unwrap)

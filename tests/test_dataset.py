@@ -37,8 +37,8 @@ from dataset import (
     outfit_split,
     read_split_file,
     split_pairs,
-    write_synthetic_dataset,
 )
+from synthetic import write_synthetic_dataset
 
 PROJECT = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"^(MEN|WOMEN)-[A-Za-z_]+-id_\d{8}-\d{2}_\d_(front|side|back|full|flat|additional)$")
@@ -386,7 +386,7 @@ def test_random_strip_crop_keeps_photo_and_mask_aligned(tmp_path):
 
 def test_synth_command_writes_a_readable_real_size_set(tmp_path):
     out = tmp_path / "synth"
-    subprocess.run([sys.executable, "dataset.py", "synth", str(out), "--count", "20"], cwd=PROJECT, check=True,
+    subprocess.run([sys.executable, "synthetic.py", str(out), "--count", "20"], cwd=PROJECT, check=True,
                    capture_output=True)
     images = sorted((out / "images").glob("*.jpg"))
     masks = sorted((out / "segm").glob("*_segm.png"))

@@ -39,7 +39,7 @@ import warnings
 from dataclasses import dataclass
 from itertools import chain, count
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -150,23 +150,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, ...
 
 
-def load_photo(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """An image file -> RGB at its upright size (EXIF orientation applied; animations: the first frame).
-    Raises PhotoError naming the file for anything unreadable or above max_pixels."""
+def load_photo(path: Path | BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None
+               ) -> Image.Image:
+    """An image file (or a binary file object, say an upload's bytes) -> RGB at its upright size (EXIF
+    orientation applied; animations: the first frame). Raises PhotoError naming the file (or `name`)
+    for anything unreadable or above max_pixels."""
+    label = name or path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size  # from the header: nothing is decoded yet
                 if width * height > max_pixels:
-                    raise PhotoError(f"{path}: {width}x{height} is {width * height / 1e6:.1f} megapixels, "
+                    raise PhotoError(f"{label}: {width}x{height} is {width * height / 1e6:.1f} megapixels, "
                                      f"above --max_pixels {max_pixels}")
                 image.load()  # an animation stands on its first frame; truncation raises here
                 upright = ImageOps.exif_transpose(image)  # a copy, valid after the file closes
         return to_rgb(upright)  # an unsupported mode raises ValueError
     except _PIL_ERRORS as err:
         reason = " ".join(str(err).split()) or type(err).__name__
-        raise PhotoError(f"{path}: cannot read image ({reason})") from err
+        raise PhotoError(f"{label}: cannot read image ({reason})") from err
 
 
 def load_jobs(paths: list[Path], names: list[str], backend: Backend, max_pixels: int,
@@ -178,9 +181,13 @@ def load_jobs(paths: list[Path], names: list[str], backend: Backend, max_pixels:
         except PhotoError as err:
             skip(str(err))
             continue
-        pixels, valid_hw = prepare_whole_image(photo, backend.image_size, backend.size_multiple)  # (3, Hp, Wp) uint8
-        model_input = normalize(pixels[None], backend.mean, backend.std, torch.tensor([valid_hw]))[0]
-        yield Job(path, name, photo, model_input, valid_hw)
+        yield Job(path, name, photo, *prepare_input(photo, backend))
+
+
+def prepare_input(photo: Image.Image, backend: Backend) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An RGB photo -> its (3, Hp, Wp) normalised model input and the (h, w) before padding."""
+    pixels, valid_hw = prepare_whole_image(photo, backend.image_size, backend.size_multiple)  # (3, Hp, Wp) uint8
+    return normalize(pixels[None], backend.mean, backend.std, torch.tensor([valid_hw]))[0], valid_hw
 
 
 def same_shape_batches(jobs: Iterable[Job], batch_size: int) -> Iterator[list[Job]]:

@@ -68,6 +68,12 @@ def pixel_accuracy(cm: Tensor) -> float:
     return (cm.diag().sum() / cm.sum().clamp(min=1)).item()
 
 
+def subject_accuracy(cm: Tensor) -> float:
+    """Pixel accuracy over the pixels whose truth is not background (label 0); NaN if there are none."""
+    subject = cm[1:].sum()
+    return (cm.diag()[1:].sum() / subject).item() if subject else float("nan")
+
+
 def iou_per_label(cm: Tensor) -> Tensor:
     """(num_labels,) float IoU; NaN for labels neither present nor predicted."""
     cm = cm.double()
@@ -197,24 +203,33 @@ def save_panel(path: Path, image: np.ndarray, maps: dict[str, np.ndarray], bound
 
     image: (H, W, 3) uint8; maps: title -> (H, W) label ids; boundary: (H, W) in [0, 1].
     """
-    h, w = image.shape[:2]
-    tiles = [image] + [PALETTE[np.where(m < NUM_LABELS, m, 0)] for m in maps.values()]
-    tiles.append(np.repeat((boundary * 255).astype(np.uint8)[..., None], 3, axis=2))
-    titles = ["image", *maps, "boundary"]
-    present = sorted(set().union(*(np.unique(m[m < NUM_LABELS]).tolist() for m in maps.values())))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draw_panel([(image, maps, boundary)]).save(path)
+
+
+def draw_panel(rows: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]]) -> Image.Image:
+    """One row per (image, maps, boundary) as save_panel lays it out, all the same size and maps
+    under column titles; one legend below of every label shown."""
+    h, w = rows[0][0].shape[:2]
+    titles = ["image", *rows[0][1], "boundary"]
+    present = sorted(set().union(*(np.unique(m[m < NUM_LABELS]).tolist() for _, maps, _ in rows
+                                   for m in maps.values())))
     legend_rows = (len(present) + 3) // 4
-    canvas = Image.new("RGB", (w * len(tiles), h + 16 + 14 * legend_rows), "white")
+    canvas = Image.new("RGB", (w * len(titles), h * len(rows) + 16 + 14 * legend_rows), "white")
     draw = ImageDraw.Draw(canvas)
-    for i, (tile, title) in enumerate(zip(tiles, titles)):
-        canvas.paste(Image.fromarray(tile), (i * w, 16))
+    for i, title in enumerate(titles):
         draw.text((i * w + 3, 2), title, fill="black")
+    for r, (image, maps, boundary) in enumerate(rows):
+        tiles = [image] + [PALETTE[np.where(m < NUM_LABELS, m, 0)] for m in maps.values()]
+        tiles.append(np.repeat((boundary * 255).astype(np.uint8)[..., None], 3, axis=2))
+        for i, tile in enumerate(tiles):
+            canvas.paste(Image.fromarray(tile), (i * w, 16 + r * h))
     column = canvas.width // 4
     for k, label in enumerate(present):
-        x, y = (k % 4) * column + 3, h + 18 + (k // 4) * 14
+        x, y = (k % 4) * column + 3, h * len(rows) + 18 + (k // 4) * 14
         draw.rectangle([x, y, x + 10, y + 10], fill=tuple(int(c) for c in PALETTE[label]), outline="black")
         draw.text((x + 14, y), LABELS[label], fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    return canvas
 
 
 def to_rgb(image: Tensor, mean: tuple, std: tuple) -> np.ndarray:

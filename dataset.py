@@ -1,25 +1,33 @@
-"""DeepFashion-MultiModal human parsing data: labels, file pairing, splits, samples, checks.
+"""Human parsing data: label sets and label maps, reading data sets in their layouts, splits, samples,
+checks. DeepFashion-MultiModal (DF-MM) is the default throughout.
 
-Layout on disk (the published data set, and what synthetic.py writes):
+DF-MM's layout on disk (the published data set, and what synthetic.py writes):
     ROOT/images/<stem>.jpg       RGB photo, 750 wide x 1101 high in the real data
     ROOT/segm/<stem>_segm.png    label ids 0-23 (mode L or P), same size as its photo
 Photos without a mask are normal (the real set has 44,096 photos and 12,701 masks): they are unlabelled.
+Other layouts (`LAYOUTS`: lip, cihp, atr, and folders = ROOT/images + ROOT/masks with a name rule)
+keep photos and label-id masks elsewhere; their masks use their own label set (labels/NAME.json).
 
-Splits go by file name, never by a random draw: the published list `deepfashion-mm-test-split.txt` is
-the test set, and val is the part of the rest whose outfit (`outfit_key`: all views of one outfit
-together) hashes below `val_fraction`.
+Splits go by file name, never by a random draw. DF-MM: the published list `deepfashion-mm-test-split.txt`
+is the test set, and val is the part of the rest whose outfit (`outfit_key`: all views of one outfit
+together) hashes below `val_fraction`. LIP and CIHP: their own labelled evaluation part is the test set;
+ATR and folders: a hash of the name picks test_fraction of the images.
 
 Run:
-    python synthetic.py OUT_DIR --count 200 [--seed 0]       # synthetic studio photos in the real layout
-    python dataset.py check DATA_DIR [--test-split FILE]     # print every problem; exit 1 if there are any
+    python dataset.py check DATA_DIR [--test-split FILE] [--layout lip] [--labels FILE]
+                                                             # print every problem; exit 1 if there are any
     python dataset.py split --by-outfit DATA_DIR --out FILE [--fraction 0.1 --seed 0]
                                                              # an outfit-disjoint test split for --test_split
+    python synthetic.py OUT_DIR --count 200                  # the synthetic set (= python dataset.py synth)
 """
 
 from __future__ import annotations
 
 import argparse
+import colorsys
+import dataclasses
 import hashlib
+import json
 import logging
 import re
 import sys
@@ -35,24 +43,12 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-LABELS: tuple[str, ...] = (
-    "background", "top", "outer", "skirt", "dress", "pants", "leggings", "headwear", "eyeglass",
-    "neckwear", "belt", "footwear", "bag", "hair", "face", "skin", "ring", "wrist wearing", "socks",
-    "gloves", "necklace", "rompers", "earrings", "tie",
-)
-NUM_LABELS = len(LABELS)
-IGNORE_INDEX = 255
-PALETTE = np.array([  # (24, 3) uint8, row = label id
-    (20, 20, 20), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
-    (220, 190, 255), (154, 99, 36), (255, 224, 189), (190, 130, 100), (128, 128, 0), (0, 0, 128),
-    (128, 128, 128), (170, 255, 195), (255, 255, 255), (128, 0, 0), (0, 90, 40), (90, 90, 255),
-], dtype=np.uint8)
 DEFAULT_TEST_SPLIT = Path(__file__).parent / "deepfashion-mm-test-split.txt"
 SPLITS = ("train", "val", "test", "all")
-MODES = ("random_strip", "center_strip", "whole")
+MODES = ("random_strip", "center_strip", "whole", "random_letterbox", "letterbox")
+FITS = ("short_side", "long_side")   # what image_size measures: strips and "whole" the short side, letterboxes the long
 
-_IMAGE_SUFFIX = ".jpg"
+_IMAGE_SUFFIX = ".jpg"        # DeepFashion-MultiModal's; other layouts name their own
 _MASK_SUFFIX = "_segm.png"
 # PIL reports broken files with any of these, depending on the format and where decoding stops.
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
@@ -66,11 +62,325 @@ class EmptySplitError(DataError):
     """A split holds no pairs; the message says why."""
 
 
+# ---------------------------------------------------------------------------------- label sets
+
+LABELS: tuple[str, ...] = (   # DeepFashion-MultiModal's 24, the default label set
+    "background", "top", "outer", "skirt", "dress", "pants", "leggings", "headwear", "eyeglass",
+    "neckwear", "belt", "footwear", "bag", "hair", "face", "skin", "ring", "wrist wearing", "socks",
+    "gloves", "necklace", "rompers", "earrings", "tie",
+)
+NUM_LABELS = len(LABELS)
+IGNORE_INDEX = 255   # unlabelled (padding; in the masks of other data sets, unannotated pixels)
+PALETTE = np.array([  # (24, 3) uint8, row = label id
+    (20, 20, 20), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
+    (220, 190, 255), (154, 99, 36), (255, 224, 189), (190, 130, 100), (128, 128, 0), (0, 0, 128),
+    (128, 128, 128), (170, 255, 195), (255, 255, 255), (128, 0, 0), (0, 90, 40), (90, 90, 255),
+], dtype=np.uint8)
+LABEL_DIR = Path(__file__).parent / "labels"   # shipped label sets (NAME.json) and maps (maps/NAME.json)
+DEFAULT_LABELS = "deepfashion-mm"
+MAP_ALIASES = {"topformer": "u2net", "upper-lower-full": "u2net"}   # the same 4-class set
+
+
+def default_palette(count: int) -> tuple[tuple[int, int, int], ...]:
+    """Colours for a label set that brings none: DeepFashion-MultiModal's 24, then evenly spread hues."""
+    extra = [colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.75, 0.95 - 0.3 * (i % 2)) for i in range(max(0, count - 24))]
+    rows = [tuple(c) for c in PALETTE.tolist()] + [tuple(round(255 * v) for v in c) for c in extra]
+    return tuple(rows[:count])
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """What label ids mean: a name per id (0 first, usually background) and a display colour per id.
+
+    A model's checkpoint carries its label set (`to_dict`), so every consumer names its outputs
+    without flags. Files hold the same dict as JSON: {"name": ..., "labels": [...], "palette":
+    [[r, g, b], ...] (optional), "source": "where the names come from" (optional)}.
+    """
+    name: str
+    labels: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...] = ()   # () = default_palette
+    source: str = ""
+
+    def __post_init__(self):
+        where = self.source or self.name or "label set"
+        if not self.labels or not all(isinstance(n, str) and n.strip() for n in self.labels):
+            raise DataError(f"{where}: labels must be a non-empty list of non-empty names")
+        if len(self.labels) >= IGNORE_INDEX:
+            raise DataError(f"{where}: {len(self.labels)} labels; masks are uint8 with {IGNORE_INDEX} "
+                            f"for unlabelled, so at most {IGNORE_INDEX}")
+        twice = sorted({n for n in self.labels if self.labels.count(n) > 1})
+        if twice:
+            raise DataError(f"{where}: labels named twice: {', '.join(twice)}")
+        palette = tuple(tuple(int(v) for v in c) for c in self.palette) or default_palette(len(self.labels))
+        if len(palette) != len(self.labels) or any(len(c) != 3 or not all(0 <= v <= 255 for v in c)
+                                                   for c in palette):
+            raise DataError(f"{where}: palette needs {len(self.labels)} [r, g, b] rows of 0-255, "
+                            f"got {len(palette)}")
+        object.__setattr__(self, "labels", tuple(self.labels))
+        object.__setattr__(self, "palette", palette)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def colours(self) -> np.ndarray:
+        """(L, 3) uint8, row = label id."""
+        return np.array(self.palette, dtype=np.uint8)
+
+    def index(self, name: str) -> int:
+        """The id of a label name; case, '_' and ' ' are not told apart. Unknown names list the valid ones."""
+        wanted = _plain(name)
+        for i, label in enumerate(self.labels):
+            if _plain(label) == wanted:
+                return i
+        raise DataError(f"unknown label {name!r} in label set {self.name}; its labels: {', '.join(self.labels)}")
+
+    @property
+    def flip_table(self) -> tuple[int, ...] | None:
+        """(256,) ids after a horizontal flip: "left-X" and "right-X" swapped (any case, with '-', '_', ' ' or
+        nothing between), every other id (and IGNORE_INDEX) kept; None when no label has a side."""
+        table = list(range(256))
+        for i, label in enumerate(self.labels):
+            if m := re.fullmatch(r"(left|right)([-_ ]?)(.+)", label, flags=re.I):
+                other = {"left": "right", "right": "left"}[m.group(1).lower()]
+                partner = [j for j, n in enumerate(self.labels) if _plain(n) == _plain(other + m.group(2) + m.group(3))]
+                if partner:
+                    table[i] = partner[0]
+        return tuple(table) if table != list(range(256)) else None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "labels": list(self.labels), "palette": [list(c) for c in self.palette],
+                "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "") -> "LabelSet":
+        if not isinstance(d, dict) or not isinstance(d.get("labels"), list):
+            raise DataError(f"{where or 'label set'}: not a label set (a JSON object with a \"labels\" list)")
+        unknown = sorted(set(d) - {"name", "labels", "palette", "source"})
+        if unknown:
+            raise DataError(f"{where or 'label set'}: unknown keys {unknown} (allowed: name, labels, palette, source)")
+        return cls(str(d.get("name") or Path(where).stem or "labels"), tuple(d["labels"]),
+                   tuple(tuple(c) for c in d.get("palette") or ()), str(d.get("source") or where))
+
+
+def _plain(name: str) -> str:
+    return name.strip().lower().replace("_", " ")
+
+
+DEEPFASHION_MM = LabelSet(DEFAULT_LABELS, LABELS, tuple(map(tuple, PALETTE.tolist())),
+                          "DeepFashion-MultiModal (github.com/yumingj/DeepFashion-MultiModal): segm label ids")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except OSError as err:
+        raise DataError(f"{path}: cannot read {what} ({err.strerror or err})") from err
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not JSON ({err})") from err
+
+
+def shipped_names(kind: str = "labels") -> list[str]:
+    """The label sets (kind "labels") or label maps ("maps") that ship in labels/, by name."""
+    folder = LABEL_DIR if kind == "labels" else LABEL_DIR / "maps"
+    names = sorted(p.stem for p in folder.glob("*.json"))
+    return ([DEFAULT_LABELS] + names) if kind == "labels" else names
+
+
+def load_label_set(spec: str | Path | dict | LabelSet | None = None, relative_to: Path | None = None) -> LabelSet:
+    """A label set by shipped name ("" or None: DeepFashion-MultiModal's), JSON file, dict or itself."""
+    if isinstance(spec, LabelSet):
+        return spec
+    if isinstance(spec, dict):
+        return LabelSet.from_dict(spec, str(relative_to or ""))
+    spec = str(spec or DEFAULT_LABELS)
+    if spec == DEFAULT_LABELS:
+        return DEEPFASHION_MM
+    shipped = LABEL_DIR / f"{spec}.json"
+    path = shipped if shipped.is_file() and "/" not in spec else Path(spec)
+    if relative_to is not None and not path.is_absolute() and not path.is_file():
+        path = relative_to / spec
+    if not path.is_file():
+        raise DataError(f"label set {spec!r}: neither a shipped one ({', '.join(shipped_names())}) nor a file")
+    return LabelSet.from_dict(_read_json(path, "label set"), str(path))
+
+
+# ---------------------------------------------------------------------------------- label maps
+
+UNMAPPED = -1
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Source label ids -> target label ids; a source label with no counterpart maps to UNMAPPED.
+
+    A file (JSON) names both sets and every source label once: {"name", "source" (a label set as for
+    load_label_set; default the model's), "target" (the same), "map": {source: target, ...},
+    "unmapped": {source: why, ...}, "no_counterpart": {target: why, ...} (every target label nothing maps
+    to), "notes": {label: why, ...} (optional), "description" (optional)}.
+    """
+    name: str
+    source: LabelSet
+    target: LabelSet
+    targets: tuple[int, ...]                 # per source id: the target id or UNMAPPED
+    why: tuple[tuple[str, str], ...] = ()    # (label, reason) for unmapped, no-counterpart and noted labels
+    description: str = ""
+
+    def table(self, unmapped: int = IGNORE_INDEX) -> np.ndarray:
+        """(256,) int64 lookup: source id -> target id, UNMAPPED sources -> `unmapped`, 255 stays 255."""
+        table = np.full(256, IGNORE_INDEX, dtype=np.int64)
+        table[:len(self.targets)] = [t if t != UNMAPPED else unmapped for t in self.targets]
+        return table
+
+    def apply(self, labels: np.ndarray, unmapped: int = IGNORE_INDEX) -> np.ndarray:
+        """(...) source label ids (uint8/int) -> the same shape of target ids, unmapped pixels `unmapped`."""
+        return self.table(unmapped)[labels].astype(labels.dtype if unmapped <= 255 else np.int64)
+
+    def markdown(self) -> str:
+        """The map as a table: every target label with the source labels it takes, then the unmapped ones."""
+        notes = dict(self.why)
+        rows = ["| " + self.target.name + " | from " + self.source.name + " | note |", "| --- | --- | --- |"]
+        for t, target in enumerate(self.target.labels):
+            sources = [self.source.labels[s] for s, to in enumerate(self.targets) if to == t]
+            remarks = [notes[target]] if target in notes else []
+            remarks += [f"{n}: {notes[n]}" if len(sources) > 1 else notes[n]
+                        for n in sources if n in notes and n != target]
+            rows.append(f"| {target} | {', '.join(sources) or '(no counterpart)'} | {'; '.join(remarks)} |")
+        for s, to in enumerate(self.targets):
+            if to == UNMAPPED:
+                rows.append(f"| (unmapped) | {self.source.labels[s]} | {notes.get(self.source.labels[s], '')} |")
+        return "\n".join(rows)
+
+
+def load_label_map(spec: str | Path, source: LabelSet | None = None) -> LabelMap:
+    """A shipped map by name (labels/maps/NAME.json; "topformer" = "u2net") or a map file, checked: every
+    source label maps to a target label or is listed as unmapped, and every target label that nothing
+    maps to is listed as having no counterpart. `source`: the model's label set, which the map's must equal."""
+    spec = str(spec)
+    shipped = LABEL_DIR / "maps" / f"{MAP_ALIASES.get(spec, spec)}.json"
+    path = shipped if shipped.is_file() and "/" not in spec else Path(spec)
+    if not path.is_file():
+        raise DataError(f"label map {spec!r}: neither a shipped one ({', '.join(shipped_names('maps'))}, "
+                        f"{', '.join(MAP_ALIASES)}) nor a file")
+    d = _read_json(path, "label map")
+    unknown = sorted(set(d) - {"name", "description", "source", "target", "map", "unmapped", "no_counterpart", "notes"})
+    if unknown or "target" not in d or not isinstance(d.get("map"), dict):
+        raise DataError(f"{path}: a label map needs \"target\" and a \"map\" object"
+                        + (f"; unknown keys {unknown}" if unknown else ""))
+    src = load_label_set(d["source"], path.parent) if d.get("source") else (source or DEEPFASHION_MM)
+    dst = load_label_set(d["target"], path.parent)
+    if source is not None and src.labels != source.labels:
+        raise DataError(f"{path}: maps from label set {src.name} ({len(src)} labels), but the model's is "
+                        f"{source.name} ({len(source)} labels)")
+    mapped, unmapped = d["map"], d.get("unmapped") or {}
+    no_counterpart, notes = d.get("no_counterpart") or {}, d.get("notes") or {}
+    problems = [f"{n!r} is not a {src.name} label" for n in [*mapped, *unmapped] if n not in src.labels]
+    problems += [f"{mapped[n]!r} (for {n!r}) is not a {dst.name} label" for n in mapped if mapped[n] not in dst.labels]
+    problems += [f"{n!r} is both mapped and unmapped" for n in mapped if n in unmapped]
+    problems += [f"{n!r} is neither mapped nor listed as unmapped" for n in src.labels
+                 if n not in mapped and n not in unmapped]
+    reached = set(mapped.values())
+    problems += [f"{dst.name} label {n!r} is reached by nothing and not listed under no_counterpart"
+                 for n in dst.labels if n not in reached and n not in no_counterpart]
+    problems += [f"no_counterpart lists {n!r}, which is not an unreached {dst.name} label" for n in no_counterpart
+                 if n not in dst.labels or n in reached]
+    if problems:
+        raise DataError(f"{path}: " + "; ".join(problems))
+    targets = tuple(dst.labels.index(mapped[n]) if n in mapped else UNMAPPED for n in src.labels)
+    why = tuple((str(k), str(v)) for part in (unmapped, no_counterpart, notes) for k, v in part.items() if v)
+    return LabelMap(str(d.get("name") or path.stem), src, dst, targets, why, str(d.get("description", "")))
+
+
+# ---------------------------------------------------------------------------------- layouts
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a data set keeps its photos and masks, and the defaults that go with it.
+
+    parts: (part, photo folder, mask folder); part "test" is the data set's own labelled evaluation part
+    (LIP's val, CIHP's Validation), "train" the rest, "" a set without its own split. Folders are paths
+    relative to the root; with `nested` each may also sit a few levels down (the archives nest them)."""
+    name: str
+    parts: tuple[tuple[str, str, str], ...]
+    mask_pattern: str                   # a photo's mask file name, "{stem}" the photo's stem
+    image_suffixes: tuple[str, ...]
+    labels: str                         # the label set its masks use (load_label_set)
+    train_mode: str                     # FashionDataset modes for training and for evaluation
+    eval_mode: str
+    nested: bool = False
+    unlabelled_255: bool = True         # a 255 in a mask is an unannotated pixel (else an error)
+
+    @property
+    def test_rule(self) -> str:
+        """How the default test split is chosen: "published" list, the data set's own "part", or a "hash"."""
+        if self.name == "deepfashion-mm":
+            return "published"
+        return "part" if any(part == "test" for part, _, _ in self.parts) else "hash"
+
+
+LAYOUTS: dict[str, Layout] = {
+    # ROOT/images/<stem>.jpg, ROOT/segm/<stem>_segm.png; the published test list; 750x750 strips
+    "deepfashion-mm": Layout("deepfashion-mm", (("", "images", "segm"),), "{stem}_segm.png", (".jpg",),
+                             DEFAULT_LABELS, "random_strip", "center_strip", unlabelled_255=False),
+    # LIP (sysu-hcp.net/lip): TrainVal_images.zip and TrainVal_parsing_annotations.zip unpacked side by side
+    "lip": Layout("lip", (("train", "train_images", "train_segmentations"), ("test", "val_images", "val_segmentations")),
+                  "{stem}.png", (".jpg",), "lip", "random_letterbox", "letterbox", nested=True),
+    # CIHP (instance-level_human_parsing.tar.gz): Category_ids are the 20 semantic labels
+    "cihp": Layout("cihp", (("train", "Training/Images", "Training/Category_ids"),
+                            ("test", "Validation/Images", "Validation/Category_ids")),
+                   "{stem}.png", (".jpg",), "cihp", "random_letterbox", "letterbox", nested=True),
+    # ATR (humanparsing.zip): no split of its own
+    "atr": Layout("atr", (("", "JPEGImages", "SegmentationClassAug"),), "{stem}.png", (".jpg",), "atr",
+                  "random_letterbox", "letterbox", nested=True),
+    # your own: ROOT/images/<stem>.<jpg|png|...>, ROOT/masks/<mask_pattern>
+    "folders": Layout("folders", (("", "images", "masks"),), "{stem}.png",
+                      (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"), DEFAULT_LABELS,
+                      "random_letterbox", "letterbox"),
+}
+
+
+def get_layout(name: str | Layout = "deepfashion-mm", mask_pattern: str = "") -> Layout:
+    """A layout by name, with its mask name rule replaced when mask_pattern is given ("{stem}_mask.png")."""
+    layout = name if isinstance(name, Layout) else LAYOUTS.get(name)
+    if layout is None:
+        raise ValueError(f"unknown data layout {name!r}; known: {', '.join(LAYOUTS)}")
+    if mask_pattern:
+        if mask_pattern.count("{stem}") != 1 or "/" in mask_pattern:
+            raise ValueError(f"mask pattern {mask_pattern!r} must hold {{stem}} once and no folder, "
+                             "e.g. '{stem}.png' or '{stem}_mask.png'")
+        layout = dataclasses.replace(layout, mask_pattern=mask_pattern)
+    return layout
+
+
+def _find_folder(root: Path, relative: str, nested: bool) -> Path:
+    """root/relative, or with nested the one folder up to three levels below root ending in `relative`."""
+    direct = root / relative
+    if direct.is_dir() or not nested:
+        if not direct.is_dir():
+            raise DataError(f"{direct}: folder missing")
+        return direct
+    want = tuple(Path(relative).parts)
+    found, level = [], [root]
+    for _ in range(3):
+        level = [c for d in level for c in sorted(d.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+        found += [d for d in level if d.parts[-len(want):] == want]
+        if found:
+            break
+    if len(found) != 1:
+        raise DataError(f"{root}: {'no' if not found else f'{len(found)}'} folder(s) {relative}/ within three "
+                        f"levels" + (f": {', '.join(map(str, found))}" if found else ""))
+    return found[0]
+
+
+DFMM_LAYOUT = LAYOUTS["deepfashion-mm"]
+
 @dataclass(frozen=True)
 class Pair:
-    stem: str    # e.g. "WOMEN-Dresses-id_00000001-01_1_front"
-    image: Path  # root/images/<stem>.jpg
-    mask: Path   # root/segm/<stem>_segm.png
+    stem: str       # e.g. "WOMEN-Dresses-id_00000001-01_1_front"
+    image: Path     # root/images/<stem>.jpg
+    mask: Path      # root/segm/<stem>_segm.png
+    part: str = ""  # the data set's own part ("train", "test") where its layout has parts
 
 
 # ---------------------------------------------------------------------------------- files and splits
@@ -80,48 +390,89 @@ def _listing(names: list[str], limit: int = 10) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _scan(root: Path) -> tuple[dict[str, Path], dict[str, Path], list[Path]]:
-    """-> (stem -> photo, stem -> mask, every other entry of images/ and segm/)."""
+class _Scan(NamedTuple):
+    images: dict[str, Path]                   # stem -> photo
+    masks: dict[str, Path]                    # stem -> mask
+    parts: dict[str, str]                     # stem -> its part ("" where the layout has none)
+    folders: dict[str, tuple[Path, Path]]     # part -> (photo folder, mask folder)
+    other: list[Path]                         # entries of those folders that are neither
+    problems: list[str]                       # a stem with two photos or in two parts
+
+
+def _expected(layout: Layout) -> str:
+    return " and ".join(f"{i}/<stem>{'|'.join(layout.image_suffixes)} with {m}/{layout.mask_pattern}"
+                        for _, i, m in layout.parts)
+
+
+def _scan(root: Path, layout: Layout = DFMM_LAYOUT) -> _Scan:
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found")
-    images: dict[str, Path] = {}
-    masks: dict[str, Path] = {}
-    other: list[Path] = []
-    for folder, suffix, found in ((root / "images", _IMAGE_SUFFIX, images), (root / "segm", _MASK_SUFFIX, masks)):
-        if not folder.is_dir():
-            raise DataError(f"{folder}: folder missing (expected images/*{_IMAGE_SUFFIX} and segm/*{_MASK_SUFFIX})")
-        for path in folder.iterdir():
+    prefix, suffix = layout.mask_pattern.split("{stem}")
+    found = _Scan({}, {}, {}, {}, [], [])
+    for part, image_rel, mask_rel in layout.parts:
+        try:
+            folders = _find_folder(root, image_rel, layout.nested), _find_folder(root, mask_rel, layout.nested)
+        except DataError as err:
+            raise DataError(f"{err} (layout {layout.name} expects {_expected(layout)})") from None
+        found.folders[part] = folders
+        for path in sorted(folders[0].iterdir()):
+            photo = next((x for x in layout.image_suffixes if path.name.lower().endswith(x)), None)
             # "._x.jpg" files are macOS resource forks, not photos
-            if path.name.endswith(suffix) and not path.name.startswith(".") and path.is_file():
-                found[path.name[: -len(suffix)]] = path
-            else:
-                other.append(path)
-    return images, masks, sorted(other)
+            if photo is None or path.name.startswith(".") or not path.is_file():
+                found.other.append(path)
+                continue
+            stem = path.name[: -len(photo)]
+            if stem in found.images:
+                found.problems.append(f"{path}: a second photo for {stem!r} (the first: {found.images[stem]})")
+                continue
+            found.images[stem], found.parts[stem] = path, part
+        for path in sorted(folders[1].iterdir()):
+            name = path.name
+            if (not name.startswith(prefix) or not name.endswith(suffix) or len(name) <= len(prefix + suffix)
+                    or name.startswith(".") or not path.is_file()):
+                found.other.append(path)
+                continue
+            stem = name[len(prefix): len(name) - len(suffix)]
+            if stem in found.masks:
+                found.problems.append(f"{path}: a second mask for {stem!r} (the first: {found.masks[stem]})")
+                continue
+            found.masks[stem] = path
+            found.parts.setdefault(stem, part)
+    found.other.sort()
+    return found
 
 
-def find_pairs(root: str | Path, require_masks: bool = False) -> list[Pair]:
-    """Photo/mask pairs under root, sorted by stem. Photos without a mask are skipped unless require_masks."""
-    root = Path(root)
-    images, masks, _ = _scan(root)
-    problems = []
-    orphans = sorted(masks.keys() - images.keys())
-    if orphans:
-        problems.append(f"{root / 'segm'}: {len(orphans)} mask(s) without a photo in images/: "
-                        + _listing([masks[s].name for s in orphans]))
-    unlabelled = sorted(images.keys() - masks.keys())
+def find_pairs(root: str | Path, require_masks: bool = False, layout: Layout | str = DFMM_LAYOUT) -> list[Pair]:
+    """Photo/mask pairs under root in `layout`, sorted by stem. Photos without a mask are skipped unless
+    require_masks."""
+    root, layout = Path(root), get_layout(layout)
+    scan = _scan(root, layout)
+    problems = list(scan.problems)
+    by_part: dict[str, list[str]] = {}
+    for stem in sorted(scan.masks.keys() - scan.images.keys()):
+        by_part.setdefault(scan.parts[stem], []).append(scan.masks[stem].name)
+    for part, names in by_part.items():
+        image_dir, mask_dir = scan.folders[part]
+        problems.append(f"{mask_dir}: {len(names)} mask(s) without a photo in {image_dir.name}/: " + _listing(names))
+    unlabelled = sorted(scan.images.keys() - scan.masks.keys())
     if require_masks and unlabelled:
-        problems.append(f"{root / 'images'}: {len(unlabelled)} photo(s) without a mask in segm/: "
-                        + _listing([images[s].name for s in unlabelled]))
+        problems.append(f"{root}: {len(unlabelled)} photo(s) without a mask: "
+                        + _listing([scan.images[s].name for s in unlabelled]))
     if problems:
         raise DataError("; ".join(problems))
-    pairs = [Pair(stem, images[stem], masks[stem]) for stem in sorted(images.keys() & masks.keys())]
+    pairs = [Pair(stem, scan.images[stem], scan.masks[stem], scan.parts[stem])
+             for stem in sorted(scan.images.keys() & scan.masks.keys())]
     if not pairs:
-        raise DataError(f"{root}: no pairs (images/<stem>{_IMAGE_SUFFIX} with segm/<stem>{_MASK_SUFFIX})")
+        raise DataError(f"{root}: no pairs ({_expected(layout)})")
     return pairs
 
 
+_SPLIT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
 def read_split_file(path: str | Path) -> list[str]:
-    """Stems named by a split file: one "<stem>_segm.png", "<stem>.jpg" or "<stem>" a line; '#' comments."""
+    """Stems named by a split file: one "<stem>_segm.png", "<stem>.jpg", "<stem>.png" or "<stem>" a line
+    (so LIP's train_id.txt is one); '#' comments."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -132,9 +483,8 @@ def read_split_file(path: str | Path) -> list[str]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        for suffix in (_MASK_SUFFIX, _IMAGE_SUFFIX):
-            line = line.removesuffix(suffix)
-        stems.append(line)
+        line = line.removesuffix(_MASK_SUFFIX)
+        stems.append(next((line[: -len(x)] for x in _SPLIT_SUFFIXES if line.lower().endswith(x)), line))
     if not stems:
         raise DataError(f"{path}: split file names no images")
     return stems
@@ -158,14 +508,15 @@ def _name_hash(key: str) -> int:
     return int(hashlib.sha1(key.encode()).hexdigest(), 16) % 10_000
 
 
-def val_outfits(stems: list[str], val_fraction: float) -> set[str]:
+def val_outfits(stems: list[str], val_fraction: float, salt: str = "") -> set[str]:
     """The outfits (`outfit_key`) of the non-test stems held out for validation: those whose key hashes
     below val_fraction. A hash of the name, not an RNG: the split survives reordering, subsets and new
     files, and every view of an outfit is on the same side. With val_fraction > 0 and at least two
     outfits, validation gets at least one (the lowest hash) and training keeps at least one (the
-    highest), so a small data set still validates; a single outfit is all for training."""
-    outfits = sorted({outfit_key(s) for s in stems}, key=lambda o: (_name_hash(o), o))
-    chosen = {o for o in outfits if _name_hash(o) < val_fraction * 10_000}
+    highest), so a small data set still validates; a single outfit is all for training. A salt draws
+    another, independent choice (the hashed test split of a data set without its own)."""
+    outfits = sorted({outfit_key(s) for s in stems}, key=lambda o: (_name_hash(salt + o), o))
+    chosen = {o for o in outfits if _name_hash(salt + o) < val_fraction * 10_000}
     if val_fraction > 0 and outfits:
         if not chosen and len(outfits) >= 2:
             chosen = {outfits[0]}
@@ -201,9 +552,34 @@ def outfit_split(stems: list[str], fraction: float = 0.1, seed: int = 0) -> list
     return sorted(chosen)
 
 
+def choose_test_stems(pairs: list[Pair], test_split: str | Path | None = None, layout: Layout | str = DFMM_LAYOUT,
+               test_fraction: float = 0.1) -> tuple[set[str], str]:
+    """The test split's stems and where they come from: the split file if given, else the layout's rule
+    (DeepFashion-MultiModal's published list; the data set's own test part; or the outfits, here whole
+    stems, hashing below test_fraction, on a hash independent of validation's)."""
+    layout = get_layout(layout)
+    if test_split is not None or layout.test_rule == "published":
+        split_file = DEFAULT_TEST_SPLIT if test_split is None else Path(test_split)
+        stems = set(read_split_file(split_file))
+        absent = sorted(stems - {p.stem for p in pairs})
+        if absent and test_split is None:
+            log.info("%s: %d of its %d names are not in this data set (a partial or synthetic set)",
+                     split_file.name, len(absent), len(stems))
+        elif absent:
+            raise DataError(f"{split_file}: {len(absent)} name(s) not in the data set: {_listing(absent)}")
+        return stems, split_file.name
+    if layout.test_rule == "part":
+        return {p.stem for p in pairs if p.part == "test"}, f"the {layout.name} test part"
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    held = val_outfits([p.stem for p in pairs], test_fraction, salt="test:")
+    return {p.stem for p in pairs if outfit_key(p.stem) in held}, f"the hashed {test_fraction:g} test split"
+
+
 def split_pairs(pairs: list[Pair], split: str, test_split: str | Path | None = None,
-                val_fraction: float = 0.05) -> list[Pair]:
-    """The pairs of one split: test = named by the split file, val = the outfits of the rest that
+                val_fraction: float = 0.05, layout: Layout | str = DFMM_LAYOUT, test_fraction: float = 0.1
+                ) -> list[Pair]:
+    """The pairs of one split: test as `test_stems` chooses, val = the outfits of the rest that
     `val_outfits` holds out. An empty split raises EmptySplitError."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -213,24 +589,17 @@ def split_pairs(pairs: list[Pair], split: str, test_split: str | Path | None = N
         raise DataError(f"no pairs to split into {split!r}")
     if split == "all":
         return list(pairs)
-    split_file = DEFAULT_TEST_SPLIT if test_split is None else Path(test_split)
-    test_stems = set(read_split_file(split_file))
-    absent = sorted(test_stems - {p.stem for p in pairs})
-    if absent and test_split is None:
-        log.info("%s: %d of its %d names are not in this data set (a partial or synthetic set)",
-                 split_file.name, len(absent), len(test_stems))
-    elif absent:
-        raise DataError(f"{split_file}: {len(absent)} name(s) not in the data set: {_listing(absent)}")
+    test, source = choose_test_stems(pairs, test_split, layout, test_fraction)
     if split == "test":
-        chosen = [p for p in pairs if p.stem in test_stems]
-        reason = f"none of the {len(test_stems)} names in {split_file} is among the {len(pairs)} pairs"
+        chosen = [p for p in pairs if p.stem in test]
+        reason = f"none of the {len(test)} names of {source} is among the {len(pairs)} pairs"
     else:
-        rest = [p for p in pairs if p.stem not in test_stems]
+        rest = [p for p in pairs if p.stem not in test]
         held_out = val_outfits([p.stem for p in rest], val_fraction)
         chosen = [p for p in rest if (outfit_key(p.stem) in held_out) == (split == "val")]
         outfits = len({outfit_key(p.stem) for p in rest})
         reason = (f"{len(rest)} of {len(pairs)} pairs ({outfits} outfit(s)) are outside the test split "
-                  f"{split_file.name}, and val_fraction={val_fraction} puts {len(held_out)} outfit(s) in val")
+                  f"{source}, and val_fraction={val_fraction} puts {len(held_out)} outfit(s) in val")
         if split == "val" and outfits == 1 and val_fraction > 0:
             reason += " (a single outfit stays for training)"
     if not chosen:
@@ -240,10 +609,11 @@ def split_pairs(pairs: list[Pair], split: str, test_split: str | Path | None = N
 
 # ---------------------------------------------------------------------------------- reading files
 
-def open_mask(path: Path) -> Image.Image:
+def open_mask(path: Path, labels: LabelSet = DEEPFASHION_MM, unlabelled_255: bool = False) -> Image.Image:
     """A label-id PNG, decoded and checked -> mode L or P image whose pixel values are the label ids
-    (a P image's palette is never applied). Cropping and resizing it in PIL before converting to an
-    array is what keeps a training sample cheap."""
+    (a P image's palette is never applied); every value must be an id of `labels` (or, with
+    unlabelled_255, IGNORE_INDEX for an unannotated pixel). Cropping and resizing it in PIL before
+    converting to an array is what keeps a training sample cheap."""
     path = Path(path)
     try:
         with Image.open(path) as img:
@@ -254,17 +624,21 @@ def open_mask(path: Path) -> Image.Image:
         raise DataError(f"{path}: mask is RGB-coloured; expected a single-channel label-id PNG (mode L or P)")
     if img.mode not in ("L", "P"):
         raise DataError(f"{path}: mask has mode {img.mode}; expected a single-channel label-id PNG (mode L or P)")
-    if img.getextrema()[1] >= NUM_LABELS:  # the stored values (for P: palette indices)
-        labels = np.asarray(img)
-        values, counts = np.unique(labels[labels >= NUM_LABELS], return_counts=True)
-        found = ", ".join(f"{v} ({c} px)" for v, c in zip(values.tolist(), counts.tolist()))
-        raise DataError(f"{path}: label values above {NUM_LABELS - 1}: {found}")
+    count = len(labels)
+    if img.getextrema()[1] >= count:  # the stored values (for P: palette indices)
+        ids = np.asarray(img)
+        bad = (ids >= count) & ~((ids == IGNORE_INDEX) & unlabelled_255)
+        if bad.any():
+            values, counts = np.unique(ids[bad], return_counts=True)
+            found = ", ".join(f"{v} ({c} px)" for v, c in zip(values.tolist(), counts.tolist()))
+            raise DataError(f"{path}: label values outside label set {labels.name} (ids 0-{count - 1}"
+                            f"{', 255 = unlabelled' if unlabelled_255 else ''}): {found}")
     return img
 
 
-def read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path, labels: LabelSet = DEEPFASHION_MM, unlabelled_255: bool = False) -> np.ndarray:
     """A label-id PNG -> (H, W) uint8 ids, checked as `open_mask` does."""
-    return np.asarray(open_mask(path))
+    return np.asarray(open_mask(path, labels, unlabelled_255))
 
 
 class DecodedImage(NamedTuple):
@@ -294,15 +668,18 @@ def read_image(path: Path, min_side: int | None = None) -> DecodedImage:
     return DecodedImage(rgb, size, scale)
 
 
-def prepare_whole_image(image: Image.Image | DecodedImage, image_size: int, size_multiple: int
-                        ) -> tuple[torch.Tensor, tuple[int, int]]:
+def prepare_whole_image(image: Image.Image | DecodedImage, image_size: int, size_multiple: int,
+                        fit: str = "short_side") -> tuple[torch.Tensor, tuple[int, int]]:
     """An RGB photo -> ((3, Hp, Wp) uint8 pixels, (h, w) before padding), as "whole" mode and predict.py
-    feed it: scaled by image_size / min(W, H) (the training scale, so objects keep their trained size) and
+    feed it: scaled by image_size / min(W, H) (fit "short_side": the strips' training scale, so objects
+    keep their trained size; "long_side": image_size / max(W, H), the letterbox training scale) and
     padded bottom/right to a multiple of size_multiple (`normalize` turns the padding into 0, the mean
     colour). A DecodedImage from read_image may be draft-decoded; its scale is honoured."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
     decoded = image if isinstance(image, DecodedImage) else DecodedImage(image, image.size, 1.0)
     width, height = decoded.original_size
-    zoom = image_size / min(width, height)
+    zoom = image_size / (min(width, height) if fit == "short_side" else max(width, height))
     out_w, out_h = max(1, round(width * zoom)), max(1, round(height * zoom))
     box = (0, 0, width * decoded.scale, height * decoded.scale)  # the whole photo, in decoded pixels
     resized = decoded.image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)
@@ -389,26 +766,31 @@ def prepare_batch(batch: dict[str, torch.Tensor], mean: tuple[float, float, floa
     return prepare_images(batch, mean, std, device), mask, boundary_target(mask)
 
 
-def colorize(mask: torch.Tensor) -> torch.Tensor:
-    """(..., H, W) label ids -> (..., 3, H, W) uint8 PALETTE colours for viewing; IGNORE_INDEX (and any
-    other id outside the table) is drawn black."""
-    table = torch.cat([torch.from_numpy(PALETTE), torch.zeros(1, 3, dtype=torch.uint8)])  # (25, 3)
-    ids = torch.where((mask >= 0) & (mask < NUM_LABELS), mask, NUM_LABELS).long()
+def colorize(mask: torch.Tensor, palette: np.ndarray = PALETTE) -> torch.Tensor:
+    """(..., H, W) label ids -> (..., 3, H, W) uint8 `palette` colours ((L, 3), a LabelSet's `colours`) for
+    viewing; IGNORE_INDEX (and any other id outside the table) is drawn black."""
+    count = len(palette)
+    table = torch.cat([torch.from_numpy(np.asarray(palette, np.uint8)), torch.zeros(1, 3, dtype=torch.uint8)])
+    ids = torch.where((mask >= 0) & (mask < count), mask, count).long()
     return table.to(mask.device)[ids].movedim(-1, -3)
 
 
 # ---------------------------------------------------------------------------------- the data set
 
 class FashionDataset(torch.utils.data.Dataset):
-    """Photo/mask samples for training ("random_strip") and evaluation ("center_strip", "whole").
+    """Photo/mask samples for training ("random_strip", "random_letterbox") and evaluation ("center_strip",
+    "whole", "letterbox"), from a data set in any `Layout` whose masks use the label set `labels`.
 
     Strip modes cut a square of side min(W, H) along the long axis (for the real 750x1101 photos: a
     750x750 band at some height) and resize it to image_size. "whole" scales the full photo by the same
-    image_size / min(W, H) and pads bottom/right to a multiple of size_multiple.
+    image_size / min(W, H) and pads bottom/right to a multiple of size_multiple. Letterbox modes scale the
+    whole photo to fit image_size x image_size (long side = image_size) and pad bottom/right to that
+    square: other data sets' photos come in every size and aspect, and no part of them is cut away.
 
     A sample is uint8: "image" (3, S, S) pixels, "mask" (S, S) label ids (IGNORE_INDEX = padding), and
-    "index"; "whole" adds "valid_hw" (the size before padding) and "random_strip" with color_jitter > 0
-    adds "jitter" (3,) factors. `prepare_batch` turns a collated batch into model input on the device:
+    "index"; "whole" and letterbox modes add "valid_hw" (the size before padding) and the random modes
+    with color_jitter > 0 add "jitter" (3,) factors. Random modes flip half the samples, swapping
+    left-X and right-X labels where the label set has them (LabelSet.flip_table). `prepare_batch` turns a collated batch into model input on the device:
     a worker only decodes, crops and resizes, and a quarter of the bytes of float32 cross to the GPU.
 
     Every random choice for a sample comes from np.random.default_rng((seed, epoch, index)), so a sample
@@ -420,17 +802,21 @@ class FashionDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, split: str = "train", image_size: int = 512,
                  mode: str = "random_strip", hflip: bool = True, color_jitter: float = 0.0,
                  size_multiple: int = 32, seed: int = 0, test_split: str | Path | None = None,
-                 val_fraction: float = 0.05, skip_bad: bool = False, pairs: list[Pair] | None = None) -> None:
+                 val_fraction: float = 0.05, skip_bad: bool = False, pairs: list[Pair] | None = None,
+                 layout: Layout | str = DFMM_LAYOUT, labels: LabelSet = DEEPFASHION_MM,
+                 test_fraction: float = 0.1) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if image_size < 1 or size_multiple < 1:
             raise ValueError(f"image_size and size_multiple must be positive, got {image_size}, {size_multiple}")
         if not 0 <= color_jitter < 1:
             raise ValueError(f"color_jitter must be in [0, 1), got {color_jitter}")
-        self.root = Path(root)
+        self.root, self.layout, self.labels = Path(root), get_layout(layout), labels
         # given pairs are used as they are: the caller has already chosen them
         self.pairs = list(pairs) if pairs is not None else split_pairs(
-            find_pairs(self.root), split, test_split, val_fraction)
+            find_pairs(self.root, layout=self.layout), split, test_split, val_fraction, self.layout, test_fraction)
+        flip = labels.flip_table
+        self._flip_ids = None if flip is None else torch.tensor(flip, dtype=torch.uint8)   # (256,)
         if not self.pairs:
             raise DataError(f"{self.root}: no pairs given")
         self.image_size, self.mode, self.size_multiple = image_size, mode, size_multiple
@@ -467,12 +853,14 @@ class FashionDataset(torch.utils.data.Dataset):
         pair = self.pairs[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
         decoded = read_image(pair.image, self.image_size)
-        mask = open_mask(pair.mask)
+        mask = open_mask(pair.mask, self.labels, self.layout.unlabelled_255)
         width, height = decoded.original_size
         if mask.size != decoded.original_size:
             raise DataError(_size_mismatch(pair, decoded.original_size, (mask.height, mask.width)))
         if self.mode == "whole":
             return self._whole_sample(decoded, mask, index)
+        if self.mode.endswith("letterbox"):
+            return self._letterbox_sample(decoded, mask, index, rng)
         step = round(1 / decoded.scale)  # original pixels per decoded pixel
         box = self._strip(width, height, step, rng)
         # the box is whole pixels in both images, so photo and mask stay pixel-aligned
@@ -494,6 +882,20 @@ class FashionDataset(torch.utils.data.Dataset):
                 "index": torch.tensor(index, dtype=torch.int64),
                 "valid_hw": torch.tensor([height, width], dtype=torch.int64)}
 
+    def _letterbox_sample(self, decoded: DecodedImage, mask: Image.Image, index: int,
+                          rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """The whole photo fitted into S x S, flipped before the padding so the padding stays bottom/right."""
+        image, (height, width) = prepare_whole_image(decoded, self.image_size, 1, fit="long_side")  # (3, h, w)
+        labels = torch.from_numpy(np.array(mask.resize((width, height), Image.Resampling.NEAREST)))   # (h, w)
+        sample = {"image": image, "mask": labels, "index": torch.tensor(index, dtype=torch.int64)}
+        if self.mode == "random_letterbox":
+            sample = self._augment(sample, rng)
+        pad = (0, self.image_size - width, 0, self.image_size - height)
+        sample["image"] = F.pad(sample["image"], pad)                                              # (3, S, S)
+        sample["mask"] = F.pad(sample["mask"], pad, value=IGNORE_INDEX)                           # (S, S)
+        sample["valid_hw"] = torch.tensor([height, width], dtype=torch.int64)
+        return sample
+
     def _strip(self, width: int, height: int, step: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
         """The strip's box in original pixels: a square of side min(W, H) along the long axis, at a random
         (training) or the central offset. Side and offset are multiples of `step`, the draft-decode
@@ -505,9 +907,11 @@ class FashionDataset(torch.utils.data.Dataset):
         return (0, offset, side, offset + side) if height >= width else (offset, 0, offset + side, side)
 
     def _augment(self, sample: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Flip (no label is left/right specific); draw colour jitter factors for `prepare_batch`."""
+        """Flip (left-X and right-X labels swapped); draw colour jitter factors for `prepare_batch`."""
         if self.hflip and rng.random() < 0.5:
             sample["image"], sample["mask"] = sample["image"].flip(-1), sample["mask"].flip(-1)
+            if self._flip_ids is not None:
+                sample["mask"] = self._flip_ids[sample["mask"].long()]
         if self.color_jitter > 0:
             factors = rng.uniform(1 - self.color_jitter, 1 + self.color_jitter, 3)  # brightness, contrast, saturation
             sample["jitter"] = torch.from_numpy(factors.astype(np.float32))
@@ -516,23 +920,30 @@ class FashionDataset(torch.utils.data.Dataset):
 
 # ---------------------------------------------------------------------------------- data check
 
-def check_dataset(root: str | Path, test_split: str | Path | None = None) -> list[str]:
-    """Every problem in the data set, one line each (file: problem). Photos without masks are not
-    problems (logged as a count); neither are names of the default test list absent from a partial set."""
-    root = Path(root)
+def check_dataset(root: str | Path, test_split: str | Path | None = None, layout: Layout | str = DFMM_LAYOUT,
+                  labels: LabelSet | None = None) -> list[str]:
+    """Every problem in the data set, one line each (file: problem); masks are checked against `labels`
+    (default: the layout's label set). Photos without masks are not problems (logged as a count); neither
+    are names of the default test list absent from a partial set."""
+    root, layout = Path(root), get_layout(layout)
     try:
-        images, masks, other = _scan(root)
+        labels = labels or load_label_set(layout.labels)
+        scan = _scan(root, layout)
     except DataError as err:
         return [str(err)]
-    problems = [f"{path}: not a *{_IMAGE_SUFFIX} photo or *{_MASK_SUFFIX} mask (ignored)" for path in other]
-    problems += [f"{masks[stem]}: mask without a photo (no {root / 'images' / (stem + _IMAGE_SUFFIX)})"
-                 for stem in sorted(masks.keys() - images.keys())]
+    images, masks = scan.images, scan.masks
+    problems = [f"{path}: not a {'/'.join(layout.image_suffixes)} photo or a {layout.mask_pattern} mask (ignored)"
+                for path in scan.other] + scan.problems
+    problems += [f"{masks[stem]}: mask without a photo (no {scan.folders[scan.parts[stem]][0] / stem}"
+                 f"{layout.image_suffixes[0]})" for stem in sorted(masks.keys() - images.keys())]
     unlabelled = len(images.keys() - masks.keys())
     if unlabelled:
-        log.info("%s: %d photo(s) have no mask (unlabelled, not used)", root / "images", unlabelled)
+        log.info("%s: %d photo(s) have no mask (unlabelled, not used)", root, unlabelled)
     stems = sorted(images.keys() & masks.keys())
     for stem in tqdm(stems, desc=f"checking {root}", unit="pair"):
-        problems += _check_pair(Pair(stem, images[stem], masks[stem]))
+        problems += _check_pair(Pair(stem, images[stem], masks[stem]), labels, layout.unlabelled_255)
+    if test_split is None and layout.test_rule != "published":
+        return problems   # the data set's own test part, or a hash: nothing to check
     split_file = DEFAULT_TEST_SPLIT if test_split is None else Path(test_split)
     try:
         names = read_split_file(split_file)
@@ -551,19 +962,19 @@ def check_dataset(root: str | Path, test_split: str | Path | None = None) -> lis
     return problems + [f"{split_file}: names {name}, which has no photo/mask pair in {root}" for name in absent]
 
 
-def _check_pair(pair: Pair) -> list[str]:
+def _check_pair(pair: Pair, labels: LabelSet = DEEPFASHION_MM, unlabelled_255: bool = False) -> list[str]:
     problems = []
-    image_size = labels = None
+    image_size = ids = None
     try:
         image_size = read_image(pair.image).original_size
     except DataError as err:
         problems.append(str(err))
     try:
-        labels = read_mask(pair.mask)
+        ids = read_mask(pair.mask, labels, unlabelled_255)
     except DataError as err:
         problems.append(str(err))
-    if image_size is not None and labels is not None and labels.shape != image_size[::-1]:
-        problems.append(_size_mismatch(pair, image_size, labels.shape))
+    if image_size is not None and ids is not None and ids.shape != image_size[::-1]:
+        problems.append(_size_mismatch(pair, image_size, ids.shape))
     return problems
 
 
@@ -598,7 +1009,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("synth", add_help=False, help="= python synthetic.py: write a synthetic data set")
     check = commands.add_parser("check", help="list every problem in a data set; exit 1 if there are any")
     check.add_argument("root", type=Path)
-    check.add_argument("--test-split", type=Path, default=None, help="default: the published test list")
+    check.add_argument("--test-split", type=Path, default=None, help="default: the layout's own test split")
+    check.add_argument("--layout", default="deepfashion-mm", choices=list(LAYOUTS), help="default: deepfashion-mm")
+    check.add_argument("--labels", default="", help="label set of the masks (default: the layout's)")
+    check.add_argument("--mask-pattern", default="", help="mask file name, e.g. '{stem}_mask.png' (layout folders)")
     split = commands.add_parser("split", help="write a test split file for --test_split")
     split.add_argument("root", type=Path)
     split.add_argument("--by-outfit", action="store_true", required=True,
@@ -614,13 +1028,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "split":
         return _write_outfit_split(args.root, args.out, args.fraction, args.seed)
-    problems = check_dataset(args.root, args.test_split)
+    try:
+        layout = get_layout(args.layout, args.mask_pattern)
+        labels = load_label_set(args.labels or layout.labels)
+    except ValueError as err:   # DataError included
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    problems = check_dataset(args.root, args.test_split, layout, labels)
     for line in problems:
         print(line)
     if problems:
         print(f"{args.root}: {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"{args.root}: {len(find_pairs(args.root))} photo/mask pairs, no problems")
+    print(f"{args.root}: {len(find_pairs(args.root, layout=layout))} photo/mask pairs, no problems")
     return 0
 
 

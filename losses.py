@@ -3,16 +3,20 @@ class-weighted cross-entropy on the label mask (PyTorch's weighted mean) plus a 
 cross-entropy on the boundary map over the inner pixels; and an optional soft Dice term.
 
 `segmentation_loss` combines them as configured by `LossConfig`; run.py builds its loss flags
-from that dataclass. Tests: `python -m pytest tests/test_losses.py -q`.
+from that dataclass and fills in the class weights of the model's label set with `resolve_class_weights`
+(the published ones for DeepFashion-MultiModal, 1 for other sets, overridable per label by name).
+Tests: `python -m pytest tests/test_losses.py -q`.
 """
 
+import dataclasses
+import re
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dataset import IGNORE_INDEX, NUM_LABELS
+from dataset import IGNORE_INDEX, LABELS, NUM_LABELS
 
 
 # The published weights: small accessories (eyeglass, neckwear, ring, wrist wearing, necklace,
@@ -44,13 +48,18 @@ DEFAULT_CLASS_WEIGHTS: tuple[float, ...] = (
     5.0,  # 23 tie
 )
 assert len(DEFAULT_CLASS_WEIGHTS) == NUM_LABELS
+_LABEL_WEIGHT = re.compile(r"(.+)=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*")
 
 
 @dataclass
 class LossConfig:
     """Loss weights; run.py builds a command-line flag from each field and its help."""
-    class_weights: tuple[float, ...] = field(default=DEFAULT_CLASS_WEIGHTS, metadata={
-        "help": "per-label cross-entropy weight, 24 values in label-id order (default: the published ones)"})
+    class_weights: tuple[float, ...] = field(default=(), metadata={
+        "help": "per-label cross-entropy weights, one per label in label-id order (default: the label set's: "
+                "the published ones for DeepFashion-MultiModal's 24, 1 for any other set)"})
+    label_weights: tuple[str, ...] = field(default=(), metadata={
+        "help": "NAME=WEIGHT for single labels, over the weights above, e.g. --label_weights belt=3 "
+                "'wrist wearing=5'"})
     ce_mean: str = field(default="weights", metadata={
         "help": "'weights': the weighted cross-entropy divided by the pixels' summed weights (PyTorch's "
                 "weighted mean, as released); 'pixels': divided by the pixel count, which makes gradient "
@@ -64,10 +73,32 @@ class LossConfig:
         "help": "coupling of the optional soft Dice term; 0 turns it off"})
 
     def __post_init__(self):
-        if len(self.class_weights) != NUM_LABELS:
-            raise ValueError(f"class_weights needs {NUM_LABELS} values, got {len(self.class_weights)}")
+        bad = [w for w in self.label_weights if not _LABEL_WEIGHT.fullmatch(w)]
+        if bad:
+            raise ValueError(f"label_weights take NAME=WEIGHT (a number), got {', '.join(map(repr, bad))}")
         if self.ce_mean not in ("weights", "pixels"):
             raise ValueError(f"ce_mean must be 'weights' or 'pixels', got {self.ce_mean!r}")
+
+
+def resolve_class_weights(config: LossConfig, labels: tuple[str, ...], label_set: str = "") -> LossConfig:
+    """config with class_weights filled in for a model whose labels are `labels` (names in id order):
+    the given weights (one per label) or the label set's defaults (the published ones for
+    DeepFashion-MultiModal's 24, else 1), then each label_weights NAME=WEIGHT. ValueError names what
+    does not fit."""
+    what = f"label set {label_set}" if label_set else f"the model's {len(labels)} labels"
+    if config.class_weights and len(config.class_weights) != len(labels):
+        raise ValueError(f"class_weights needs {len(labels)} values (one per label of {what}), "
+                         f"got {len(config.class_weights)}")
+    weights = list(config.class_weights or (DEFAULT_CLASS_WEIGHTS if tuple(labels) == LABELS else
+                                            (1.0,) * len(labels)))
+    plain = [n.strip().lower().replace("_", " ") for n in labels]
+    for item in config.label_weights:
+        name, value = _LABEL_WEIGHT.fullmatch(item).groups()
+        key = name.strip().lower().replace("_", " ")
+        if key not in plain:
+            raise ValueError(f"label_weights: {name!r} is not a label of {what}; its labels: {', '.join(labels)}")
+        weights[plain.index(key)] = float(value)
+    return dataclasses.replace(config, class_weights=tuple(weights), label_weights=())
 
 
 def weighted_cross_entropy(
@@ -168,12 +199,13 @@ def segmentation_loss(
 
     mask_logits: (B, C, H, W); boundary_logits: (B, H, W); mask: (B, H, W) int64 with
     IGNORE_INDEX where unlabelled; boundary: (B, H, W) in {0, 1}. Pixels where mask is
-    IGNORE_INDEX count in no term; the boundary term leaves out the outer ring of pixels.
+    IGNORE_INDEX count in no term; the boundary term leaves out the outer ring of pixels. Empty
+    config.class_weights weigh every label 1 (`resolve_class_weights` fills in a label set's).
     """
     valid = mask != IGNORE_INDEX  # (B, H, W)
     class_weights = torch.as_tensor(
         config.class_weights, device=mask_logits.device, dtype=torch.float32
-    )  # (C,)
+    ) if config.class_weights else None  # (C,)
     ce = weighted_cross_entropy(mask_logits, mask, class_weights, mean=config.ce_mean)
     bce = boundary_bce(
         boundary_logits, boundary.to(boundary_logits.dtype), config.boundary_pos_weight, inner_pixels(valid)

@@ -13,9 +13,11 @@ from losses import (
     boundary_bce,
     dice_loss,
     inner_pixels,
+    resolve_class_weights,
     segmentation_loss,
     weighted_cross_entropy,
 )
+from dataset import LABELS, load_label_set
 
 
 def _lse(*xs: float) -> float:
@@ -171,7 +173,8 @@ def _batch(seed: int = 3) -> tuple[torch.Tensor, ...]:
 
 def test_segmentation_loss_combines_parts_with_configured_weights() -> None:
     mask_logits, boundary_logits, mask, boundary = _batch()
-    config = LossConfig(boundary_weight=0.5, boundary_pos_weight=10.0, dice_weight=0.3)
+    config = resolve_class_weights(LossConfig(boundary_weight=0.5, boundary_pos_weight=10.0, dice_weight=0.3),
+                                   LABELS)
     total, parts = segmentation_loss(mask_logits, boundary_logits, mask, boundary, config)
 
     ce = weighted_cross_entropy(mask_logits, mask, torch.tensor(DEFAULT_CLASS_WEIGHTS))
@@ -227,8 +230,32 @@ def test_released_loss_defaults() -> None:
 
 def test_default_class_weights_match_published() -> None:
     assert len(DEFAULT_CLASS_WEIGHTS) == 24
-    assert LossConfig().class_weights == DEFAULT_CLASS_WEIGHTS
+    assert resolve_class_weights(LossConfig(), LABELS).class_weights == DEFAULT_CLASS_WEIGHTS
     fives = {8, 9, 16, 17, 20, 22, 23}  # eyeglass, neckwear, ring, wrist wearing, necklace, earrings, tie
     twos = {10, 18, 19}  # belt, socks, gloves
     for label_id, weight in enumerate(DEFAULT_CLASS_WEIGHTS):
         assert weight == (5.0 if label_id in fives else 2.0 if label_id in twos else 1.0), label_id
+
+
+def test_class_weights_follow_the_label_set_and_take_overrides_by_name() -> None:
+    lip = load_label_set("lip").labels
+    assert resolve_class_weights(LossConfig(), lip, "lip").class_weights == (1.0,) * 20
+    config = LossConfig(label_weights=("left-arm=3", "HAT = 0.5"))
+    weights = resolve_class_weights(config, lip, "lip").class_weights
+    assert weights[lip.index("left-arm")] == 3.0 and weights[lip.index("hat")] == 0.5 and sum(weights) == 21.5
+    published = resolve_class_weights(LossConfig(label_weights=("wrist_wearing=1",)), LABELS).class_weights
+    assert published[17] == 1.0 and published[8] == 5.0                # the rest stay the published ones
+    given = resolve_class_weights(LossConfig(class_weights=(2.0,) * 20, label_weights=("face=7",)), lip)
+    assert given.class_weights[13] == 7.0 and given.class_weights[0] == 2.0 and given.label_weights == ()
+    with pytest.raises(ValueError, match="class_weights needs 20 values .*lip.*got 24"):
+        resolve_class_weights(LossConfig(class_weights=DEFAULT_CLASS_WEIGHTS), lip, "lip")
+    with pytest.raises(ValueError, match="'top' is not a label of label set lip; its labels: background, hat"):
+        resolve_class_weights(LossConfig(label_weights=("top=2",)), lip, "lip")
+    with pytest.raises(ValueError, match="NAME=WEIGHT"):
+        LossConfig(label_weights=("top",))
+
+
+def test_empty_class_weights_weigh_every_label_one() -> None:
+    mask_logits, boundary_logits, mask, boundary = _batch()
+    _, parts = segmentation_loss(mask_logits, boundary_logits, mask, boundary, LossConfig())
+    torch.testing.assert_close(parts["ce"], weighted_cross_entropy(mask_logits, mask).detach())

@@ -12,10 +12,11 @@ released code computes it; b = `base_features`, GN = GroupNorm(32, C) without af
     heads      conv1x1 to the label logits, LayerNorm over each pixel's labels (paper 1.5); conv1x1
                to the boundary logit (the released code applies the sigmoid inside the model)
 
-`UNetConfig` describes a model completely and travels inside every checkpoint, so
-`load_model(path)` rebuilds it with no flags. The staged recipe's operations live here too:
-`swap_bottleneck`, `add_local_attention` and `stage_parameters`; and `convert_released`, which
-reads a state dict saved by the released code.
+`UNetConfig` describes a model completely and travels inside every checkpoint with the model's label
+set (dataset.LabelSet, the names of its label ids), so `load_model(path)` rebuilds it with no flags. The
+staged recipe's operations live here too: `swap_bottleneck`, `add_local_attention`, `new_label_head`
+(fine-tuning onto another label set) and `stage_parameters`; and `convert_released`, which reads a state
+dict saved by the released code.
 
     python unet.py --preset 512_96                 # parameters, size and GFLOPs of a preset
     python unet.py convert RELEASED.pt OUT.pt      # the released code's weights -> a checkpoint
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from attention import GlobalAttention, LocalAttention, init_linear, position_encoding
-from dataset import NUM_LABELS
+from dataset import DEEPFASHION_MM, FITS, NUM_LABELS, DataError, LabelSet
 
 # 2: the published architecture. 1 was this project's earlier redesign, whose weights fit no model here.
 CHECKPOINT_VERSION = 2
@@ -61,8 +62,12 @@ class UNetConfig:
     image_size: int = 512                               # training resolution (side of the square strip)
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # input (x / 255 - mean) / std: published x / 255
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    fit: str = "short_side"    # which side of a photo image_size measured in training (dataset.FITS):
+    #                            the short side of DF-MM's square strips, the long side of a letterbox
 
     def __post_init__(self):
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
         if self.bottleneck not in ("simple", "attention"):
             raise ValueError(f"bottleneck must be 'simple' or 'attention', got {self.bottleneck!r}")
         if self.base_features < 2 or self.base_features % 2:
@@ -264,10 +269,22 @@ class LabelHead(nn.Module):
                             self.norm.eps).permute(0, 3, 1, 2)          # (B, L, H, W)
 
 
+def default_label_set(num_labels: int) -> LabelSet:
+    """The label set of a model that names none (checkpoints from before label sets, converted released
+    weights): DeepFashion-MultiModal's for 24 labels, else numbered names."""
+    if num_labels == len(DEEPFASHION_MM):
+        return DEEPFASHION_MM
+    return LabelSet(f"{num_labels} labels", tuple(f"label {i}" for i in range(num_labels)))
+
+
 class UNet(nn.Module):
-    def __init__(self, config: UNetConfig):
+    def __init__(self, config: UNetConfig, label_set: LabelSet | None = None):
         super().__init__()
         self.config = config
+        self.label_set = label_set or default_label_set(config.num_labels)   # what the label ids mean
+        if len(self.label_set) != config.num_labels:
+            raise ValueError(f"label set {self.label_set.name} has {len(self.label_set)} labels, the model "
+                             f"{config.num_labels}")
         enc, dec = config.encoder_widths, config.decoder_widths
         self.encoder = nn.ModuleList(EncoderBlock(c_in, c_out) for c_in, c_out in zip((3,) + enc[:-1], enc))
         self.bottleneck = make_bottleneck(config)
@@ -352,6 +369,17 @@ def add_local_attention(model: UNet, levels: tuple[int, ...]) -> UNet:
     return model
 
 
+def new_label_head(model: UNet, label_set: LabelSet) -> UNet:
+    """Replace the label head (conv1x1 + LayerNorm) by a fresh one for `label_set`, in place, with the
+    published initialisation: fine-tuning onto another label set keeps every other weight."""
+    model.config = dataclasses.replace(model.config, num_labels=len(label_set))
+    head = LabelHead(model.config.decoder_widths[0], len(label_set))
+    head.conv.apply(published_init)
+    model.label_head = head.to(_model_device(model))
+    model.label_set = label_set
+    return model
+
+
 def stage_parameters(model: UNet, stage: str) -> list[tuple[str, nn.Parameter]]:
     """The (name, parameter) pairs a training stage updates: "all", "bottleneck" or "local_attention"."""
     if stage not in STAGES:
@@ -420,6 +448,7 @@ def model_checkpoint(model: nn.Module) -> dict:
     model = unwrap(model)
     return {"format_version": CHECKPOINT_VERSION,
             "model_config": dataclasses.asdict(model.config),
+            "labels": model.label_set.to_dict(),
             "model": model.state_dict()}
 
 
@@ -496,13 +525,32 @@ def load_state(model: UNet, state: dict[str, Tensor], source: str, names: dict[s
     model.load_state_dict(state)
 
 
+def checkpoint_label_set(ckpt: dict, source: str = "checkpoint") -> LabelSet:
+    """The label set a checkpoint carries; one written before label sets is DeepFashion-MultiModal's
+    (or numbered names, for a label count other than 24)."""
+    count = ckpt["model_config"].get("num_labels", NUM_LABELS)
+    if "labels" not in ckpt:
+        return default_label_set(count)
+    try:
+        label_set = LabelSet.from_dict(ckpt["labels"], source)
+    except DataError as e:
+        raise CheckpointError(f"{source}: its label set is unusable: {e}") from e
+    if len(label_set) != count:
+        raise CheckpointError(f"{source}: its label set {label_set.name} has {len(label_set)} labels, the model {count}")
+    return label_set
+
+
+def model_from_checkpoint(ckpt: dict, source: str) -> UNet:
+    """The model of a read checkpoint: its config, label set and weights."""
+    model = UNet(UNetConfig.from_dict(ckpt["model_config"]), checkpoint_label_set(ckpt, source))
+    load_state(model, ckpt["model"], source)
+    return model
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> UNet:
     """Rebuild a model from a checkpoint file alone, on `map_location`. The file is read on the CPU:
     a training state's optimizer moments never reach the GPU."""
-    ckpt = read_checkpoint(path)
-    model = UNet(UNetConfig.from_dict(ckpt["model_config"]))
-    load_state(model, ckpt["model"], str(path))
-    return model.to(map_location)
+    return model_from_checkpoint(read_checkpoint(path), str(path)).to(map_location)
 
 
 # ---- the released code's weights ---------------------------------------------------------------

@@ -112,9 +112,9 @@ class LocalAttention(nn.Module):
 
     def _plan(self, height: int, width: int, tile: int, device: torch.device) -> tuple[Tensor, ...]:
         """Index tensors for one input size (cached): where each tile's keys are in the image (keys
-        outside it point at the nearest pixel: they are masked, so any finite value will do), which
-        keys fall outside the image, which keys each query may see, and each query-key pair's
-        index into the bias table."""
+        outside it point at the nearest pixel: they are masked, so any finite value will do), -inf
+        for the keys outside the image and 0 elsewhere, which keys each query may see, and each
+        query-key pair's index into the bias table."""
         key = (height, width, tile, device)
         if key not in self._plans:
             s, h = tile + 2 * self.halo, self.halo
@@ -123,7 +123,8 @@ class LocalAttention(nn.Module):
             sy, sx = torch.arange(s).view(1, 1, s, 1), torch.arange(s).view(1, 1, 1, s)
             y, x = ty + sy - h, tx + sx - h                                   # key pixel, may be outside
             gather = (y.clamp(0, height - 1) * width + x.clamp(0, width - 1)).reshape(-1)  # (tiles*s*s,)
-            outside = ~((y >= 0) & (y < height) & (x >= 0) & (x < width)).reshape(-1, s * s)
+            inside = ((y >= 0) & (y < height) & (x >= 0) & (x < width)).reshape(-1, 1, s * s)
+            outside = torch.zeros(inside.shape).masked_fill(~inside, float("-inf"))     # (tiles, 1, s*s)
             qy, qx = torch.arange(tile).view(-1, 1, 1, 1), torch.arange(tile).view(1, -1, 1, 1)
             ky, kx = sy - h, sx - h                                         # key position in tile coords
             by, bx = qy - qy % self.block, qx - qx % self.block             # the query's block corner
@@ -152,9 +153,10 @@ class LocalAttention(nn.Module):
                 .view(b, nh * nw, s * s, HEADS, d).permute(0, 3, 1, 2, 4)         # (B, heads, tiles, s*s, d)
                 for w, bias in ((wk, bk), (wv, bv)))
         bias = (-self.position_bias[:, index]).masked_fill(~window, float("-inf"))  # (heads, T*T, s*s)
-        bias = bias[:, None] + torch.zeros_like(outside, dtype=bias.dtype).masked_fill(
-            outside, float("-inf"))[None, :, None]                          # (heads, tiles, T*T, s*s)
-        scores = (q * d ** -0.5) @ k.transpose(-1, -2) + bias.to(q.dtype)   # (B, heads, tiles, T*T, s*s)
+        scores = (q * d ** -0.5) @ k.transpose(-1, -2)                      # (B, heads, tiles, T*T, s*s)
+        # two broadcast adds in place: the (heads, tiles, T*T, s*s) sum of both masks is never built
+        scores += bias[:, None].to(q.dtype)
+        scores += outside.to(q.dtype)
         y = scores.softmax(-1) @ v                                          # (B, heads, tiles, T*T, d)
         y = (y.reshape(b, HEADS, nh, nw, tile, tile, d).permute(0, 2, 4, 3, 5, 1, 6)
              .reshape(b, height, width, HEADS * d))                         # (B, H, W, heads*d)

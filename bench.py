@@ -6,9 +6,11 @@
     python bench.py --gpu-check        # on a GPU: tests/test_cuda.py and the CUDA figures (under 10 minutes)
 
 Figures: the fp32 matrix-multiply rate (the yardstick); a training step (forward, loss,
-backward, AdamW) of a 32-wide model at 256x256, batch 2, with FLOPs counted by
-torch.utils.flop_counter, and the same with local attention on every decoder level; inference
-per image at 512x512 (512_96) beside each boundary post-processing method on one core; data loading per
+backward, AdamW) of the published architecture with widths 32..512 (b = 16) at 256x256, batch 2,
+with FLOPs counted by torch.utils.flop_counter, NCHW against channels-last, its attention kernel
+and profile; the same widths at 512x512 with and without local attention on every decoder level;
+inference per image at 512x512 (512_96) on PyTorch and on onnxruntime, beside each boundary
+post-processing method on one core; data loading per
 worker (one thread) beside merely decoding the JPEGs into arrays, and the device-side batch
 preparation after it; peak memory of a 512_96 training step at 512x512 with
 and without gradient checkpointing; on CUDA, the 512_96 bf16 step with and without
@@ -100,9 +102,9 @@ def fake_batch(batch: int, size: int, device: torch.device) -> tuple[torch.Tenso
 
 def make_train_step(config: UNetConfig, size: int, batch: int, device=torch.device("cpu"),
                     autocast_dtype=None, compile: bool = False, checkpointing: bool = False,
-                    channels_last: bool | None = None) -> tuple[Callable[[], None], int]:
-    """A training step (forward, loss, backward, AdamW) as run.py takes it, and its FLOPs.
-    channels_last None: run.py's --channels_last auto (on the CPU only)."""
+                    channels_last: bool | None = None, count_flops: bool = True) -> tuple[Callable[[], None], int]:
+    """A training step (forward, loss, backward, AdamW) as run.py takes it, and its FLOPs (0 unless
+    count_flops). channels_last None: run.py's --channels_last auto (on the CPU only)."""
     torch.manual_seed(0)
     model = UNet(config).to(device)
     model.set_gradient_checkpointing(checkpointing)
@@ -127,6 +129,8 @@ def make_train_step(config: UNetConfig, size: int, batch: int, device=torch.devi
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    if not count_flops:
+        return step, 0
     with FlopCounterMode(display=False) as counter:
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             out = model(image)
@@ -156,6 +160,18 @@ def train_step(config: UNetConfig, size: int, batch: int, repeats: int, device=t
     return train_steps({"step": step}, batch, repeats)["step"]
 
 
+def step_profile(step: Callable[[], None], top: int = 8) -> list[tuple[str, float]]:
+    """The operators taking the most of one run of `step` (self time, CPU), as shares of the whole."""
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        step()
+    events = trace.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [(e.key.removeprefix("aten::"), e.self_cpu_time_total / total) for e in ranked]
+
+
 def attention_kernels(step: Callable[[], None]) -> list[str]:
     """The scaled-dot-product-attention kernels one run of `step` calls, read from a profiler trace."""
     from torch.profiler import ProfilerActivity, profile
@@ -165,11 +181,28 @@ def attention_kernels(step: Callable[[], None]) -> list[str]:
     return sorted({SDPA_KERNELS[e.key] for e in trace.key_averages() if e.key in SDPA_KERNELS})
 
 
-def inference_time(config: UNetConfig, size: int, repeats: int) -> float:
-    model = UNet(config).eval()
-    image = torch.randn(1, 3, size, size)
-    with torch.inference_mode():
-        return timed(lambda: model(image), repeats)
+def onnx_inference_times(config: UNetConfig, size: int, repeats: int) -> dict[str, float]:
+    """Seconds per image of the same model on PyTorch and on onnxruntime (exported by predict.py's
+    exporter), timed in turns, and the export's own seconds."""
+    import onnxruntime
+    import predict
+    import unet
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, onnx_file = Path(tmp) / "model.pt", Path(tmp) / "model.onnx"
+        torch.manual_seed(0)
+        torch.save(unet.model_checkpoint(UNet(config)), checkpoint)
+        t0 = time.perf_counter()
+        predict.export_onnx(checkpoint, onnx_file)
+        export_s = time.perf_counter() - t0
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()   # the same cores as PyTorch
+        session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        model = unet.load_model(checkpoint).eval()
+        image = torch.randn(1, 3, size, size)
+        with torch.inference_mode():
+            times = timed_in_turns({"pytorch": lambda: model(image),
+                                    "onnxruntime": lambda: session.run(None, {"image": image.numpy()})}, repeats)
+    return {**times, "export_s": export_s}
 
 
 def realistic_outputs(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -222,16 +255,23 @@ def loading_rates(folder: Path, count: int) -> dict:
 
 
 def _peak_rss_child(queue, checkpointing: bool) -> None:
-    train_step(PRESETS["512_96"], 512, 1, repeats=1, checkpointing=checkpointing)
+    # the step alone: make_train_step's FLOP-counting pass holds more memory than a step, and its
+    # peak hid what gradient checkpointing saves
+    step, _ = make_train_step(PRESETS["512_96"], 512, 1, checkpointing=checkpointing, count_flops=False)
+    for _ in range(2):
+        step()
     queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def peak_memory(checkpointing: bool) -> float:
     """Peak bytes of a 512_96 training step at 512x512, batch 1: CUDA allocator or process RSS."""
     if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
         device = torch.device("cuda")
-        train_step(PRESETS["512_96"], 512, 1, 1, device, pick_precision("auto", device), checkpointing=checkpointing)
+        step, _ = make_train_step(PRESETS["512_96"], 512, 1, device, pick_precision("auto", device),
+                                  checkpointing=checkpointing, count_flops=False)
+        step()                                   # the optimizer's state exists from here on
+        torch.cuda.reset_peak_memory_stats()
+        step()
         return torch.cuda.max_memory_allocated()
     ctx = multiprocessing.get_context("spawn")   # a fresh process: RSS peaks never go down
     queue = ctx.Queue()
@@ -268,6 +308,15 @@ def cuda_figures(repeats: int) -> dict:
     return result
 
 
+def add_step_row(rows: list, r: dict, key: str, label: str) -> None:
+    """A training step's row, with its rate against the matmul yardstick (added to r[key])."""
+    s = r[key]
+    s["gflops_per_s"] = s["flops"] / s["seconds"] / 1e9
+    s["fraction_of_matmul"] = s["gflops_per_s"] / r["matmul_gflops"]
+    rows.append((label, f"{s['seconds'] * 1000:.0f} ms/step, {s['flops'] / 1e9:.1f} GFLOP, "
+                        f"{s['gflops_per_s']:.1f} GFLOP/s = {s['fraction_of_matmul']:.0%} of matmul"))
+
+
 def gpu_check(args: argparse.Namespace) -> None:
     """The CUDA tests, then the CUDA section of the bench, printed and (with --out) saved."""
     import subprocess
@@ -302,32 +351,38 @@ def main() -> None:
     r["matmul_gflops"] = matmul_rate()
     rows.append(("fp32 matmul 2048x2048 (yardstick)", f"{r['matmul_gflops']:.1f} GFLOP/s"))
 
-    la = dataclasses.replace(WIDE32, local_attention_levels=(0, 1, 2, 3, 4))
     for compiled in (False, True) if args.compile else (False,):
         tag = ", torch.compile" if compiled else ""
-        plain, local = ("train_step_compiled", "train_step_local_attention_compiled") if compiled else \
-                       ("train_step", "train_step_local_attention")
-        r.update(train_steps({plain: make_train_step(WIDE32, 256, 2, compile=compiled),
-                              local: make_train_step(la, 256, 2, compile=compiled)}, 2, args.repeats))
-        for key, label in ((plain, f"train step, 32-wide, 256x256, batch 2{tag}"),
-                           (local, "  same, local attention on every level")):
-            s = r[key]
-            s["gflops_per_s"] = s["flops"] / s["seconds"] / 1e9
-            s["fraction_of_matmul"] = s["gflops_per_s"] / r["matmul_gflops"]
-            rows.append((label, f"{s['seconds'] * 1000:.0f} ms/step, {s['flops'] / 1e9:.1f} GFLOP, "
-                                f"{s['gflops_per_s']:.1f} GFLOP/s = {s['fraction_of_matmul']:.0%} of matmul"))
-        ratios = {"time": r[local]["seconds"] / r[plain]["seconds"], "flops": r[local]["flops"] / r[plain]["flops"]}
-        r["local_attention_ratios" + ("_compiled" if compiled else "")] = ratios
-        rows.append(("  local attention: time ratio / FLOP ratio", f"{ratios['time']:.2f}x / {ratios['flops']:.2f}x"))
-
+        key = "train_step_compiled" if compiled else "train_step"
+        r.update(train_steps({key: make_train_step(WIDE32, 256, 2, compile=compiled)}, 2, args.repeats))
+        add_step_row(rows, r, key, f"train step, widths 32..512, 256x256, batch 2{tag}")
     r.update(train_steps({"train_step_nchw": make_train_step(WIDE32, 256, 2, channels_last=False)}, 2, args.repeats))
     r["channels_last_speedup_cpu"] = r["train_step_nchw"]["seconds"] / r["train_step"]["seconds"]
-    rows.append(("  the plain step NCHW instead of channels-last", f"{r['train_step_nchw']['seconds'] * 1000:.0f} ms/step: "
+    rows.append(("  the same step NCHW instead of channels-last", f"{r['train_step_nchw']['seconds'] * 1000:.0f} ms/step: "
                  f"channels-last is {r['channels_last_speedup_cpu']:.2f}x as fast"))
-    r["train_step"]["attention_kernels"] = attention_kernels(make_train_step(WIDE32, 256, 2)[0])
+    step = make_train_step(WIDE32, 256, 2)[0]
+    r["train_step"]["attention_kernels"] = attention_kernels(step)
     rows.append(("  its global attention runs on", ", ".join(r["train_step"]["attention_kernels"])))
+    r["train_step"]["profile"] = step_profile(step)
+    rows.append(("  where its time goes (self CPU time)", ", ".join(f"{op} {share:.0%}" for op, share in
+                                                                  r["train_step"]["profile"])))
 
-    r["inference_512_96_s"] = inference_time(PRESETS["512_96"], 512, max(2, args.repeats // 2))
+    # the paper's untested bet: local attention on every decoder level of a 512 model
+    la = dataclasses.replace(WIDE32, local_attention_levels=(0, 1, 2, 3, 4))
+    r.update(train_steps({"train_step_512": make_train_step(WIDE32, 512, 1),
+                          "train_step_512_local_attention": make_train_step(la, 512, 1)}, 1, max(2, args.repeats // 2)))
+    add_step_row(rows, r, "train_step_512", "train step, widths 32..512, 512x512, batch 1")
+    add_step_row(rows, r, "train_step_512_local_attention", "  same, local attention on every decoder level")
+    plain, local = r["train_step_512"], r["train_step_512_local_attention"]
+    r["local_attention_ratios"] = {"time": local["seconds"] / plain["seconds"], "flops": local["flops"] / plain["flops"]}
+    rows.append(("  local attention: time ratio / FLOP ratio",
+                 f"{r['local_attention_ratios']['time']:.2f}x / {r['local_attention_ratios']['flops']:.2f}x"))
+
+    onnx_times = onnx_inference_times(PRESETS["512_96"], 512, max(2, args.repeats // 2))
+    r["inference_512_96_s"], r["inference_512_96_onnx"] = onnx_times["pytorch"], onnx_times
+    rows.append(("inference 512_96, 512x512, per image, onnxruntime",
+                 f"{onnx_times['onnxruntime']:.2f} s = {onnx_times['onnxruntime'] / onnx_times['pytorch']:.2f}x "
+                 f"PyTorch (export {onnx_times['export_s']:.0f} s)"))
     r["postprocess_512_s"] = postprocess_times(512, args.repeats)
     rows.append(("inference 512_96, 512x512, per image", f"{r['inference_512_96_s']:.2f} s"))
     for name, seconds in r["postprocess_512_s"].items():

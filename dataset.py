@@ -305,11 +305,16 @@ class Layout:
     parts: tuple[tuple[str, str, str], ...]
     mask_pattern: str                   # a photo's mask file name, "{stem}" the photo's stem
     image_suffixes: tuple[str, ...]
-    labels: str                         # the label set its masks use (load_label_set)
+    labels: str                         # the label set of the data set's own masks; "": any (DF-MM's by default)
     train_mode: str                     # FashionDataset modes for training and for evaluation
     eval_mode: str
     nested: bool = False
     unlabelled_255: bool = True         # a 255 in a mask is an unannotated pixel (else an error)
+
+    @property
+    def fit(self) -> str:
+        """The side of a photo that image_size measures in this layout's training samples (dataset.FITS)."""
+        return "short_side" if self.train_mode == "random_strip" else "long_side"
 
     @property
     def test_rule(self) -> str:
@@ -322,7 +327,7 @@ class Layout:
 LAYOUTS: dict[str, Layout] = {
     # ROOT/images/<stem>.jpg, ROOT/segm/<stem>_segm.png; the published test list; 750x750 strips
     "deepfashion-mm": Layout("deepfashion-mm", (("", "images", "segm"),), "{stem}_segm.png", (".jpg",),
-                             DEFAULT_LABELS, "random_strip", "center_strip", unlabelled_255=False),
+                             "", "random_strip", "center_strip", unlabelled_255=False),
     # LIP (sysu-hcp.net/lip): TrainVal_images.zip and TrainVal_parsing_annotations.zip unpacked side by side
     "lip": Layout("lip", (("train", "train_images", "train_segmentations"), ("test", "val_images", "val_segmentations")),
                   "{stem}.png", (".jpg",), "lip", "random_letterbox", "letterbox", nested=True),
@@ -335,7 +340,7 @@ LAYOUTS: dict[str, Layout] = {
                   "random_letterbox", "letterbox", nested=True),
     # your own: ROOT/images/<stem>.<jpg|png|...>, ROOT/masks/<mask_pattern>
     "folders": Layout("folders", (("", "images", "masks"),), "{stem}.png",
-                      (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"), DEFAULT_LABELS,
+                      (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"), "",
                       "random_letterbox", "letterbox"),
 }
 

@@ -43,13 +43,14 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from dataset import EmptySplitError, FashionDataset, colorize, prepare_batch
+from dataset import (DEFAULT_LABELS, LAYOUTS, EmptySplitError, FashionDataset, LabelSet, colorize, get_layout,
+                     load_label_set, prepare_batch, shipped_names)
 from evaluate import confusion_matrix, mean_iou, pixel_accuracy
-from losses import LossConfig, segmentation_loss
+from losses import LossConfig, resolve_class_weights, segmentation_loss
 from synthetic import write_synthetic_dataset
-from unet import (LEVELS, PRECISIONS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, load_state,
-                  model_checkpoint, pick_device, pick_precision, read_checkpoint, save_atomic, stage_parameters,
-                  swap_bottleneck, unwrap)
+from unet import (LEVELS, PRECISIONS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention,
+                  model_checkpoint, model_from_checkpoint, new_label_head, pick_device, pick_precision,
+                  read_checkpoint, save_atomic, stage_parameters, swap_bottleneck, unwrap)
 
 log = logging.getLogger("run")
 SYNTHETIC_DIR = "data/synthetic"
@@ -63,10 +64,22 @@ def arg(default, help: str, **kwargs):
 @dataclass
 class TrainConfig:
     # data
-    data_dir: str = arg(SYNTHETIC_DIR, "DeepFashion-MultiModal root (images/, segm/); the default "
+    data_dir: str = arg(SYNTHETIC_DIR, "data set root (DeepFashion-MultiModal: images/, segm/); the default "
                         "synthetic folder is drawn on first use")
+    data_layout: str = arg("deepfashion-mm", "how --data_dir keeps photos and masks: deepfashion-mm, lip, cihp, "
+                           "atr, or folders (images/ + masks/ named by --mask_pattern); README 'Label sets'",
+                           choices=list(LAYOUTS))
+    mask_pattern: str = arg("", "a photo's mask file name in masks/, {stem} the photo's name without its "
+                            "suffix (--data_layout folders; default: {stem}.png)")
+    labels: str = arg("", "label set of the masks and the model: a shipped name (" + ", ".join(shipped_names())
+                      + ") or a JSON file (default: lip, cihp and atr layouts their own; else the "
+                      "--pretrained_model_path checkpoint's, else deepfashion-mm); a checkpoint of another "
+                      "label set fine-tunes with a fresh label head")
     synthetic_images: int = arg(240, "images to draw when the synthetic data set is made")
-    test_split: str = arg("", "file naming the test images (default: the published 1,270)")
+    test_split: str = arg("", "file naming the test images (default: the layout's: the published 1,270 for "
+                          "deepfashion-mm, the data set's own test part for lip and cihp, else a hash)")
+    test_fraction: float = arg(0.1, "share of the images in the hashed test split of a data set without "
+                               "its own (atr, folders)")
     val_fraction: float = arg(0.05, "share of the non-test images held out for validation (whole outfits, "
                                       "by a hash of the name)")
     color_jitter: float = arg(0.1, "colour jitter strength for training samples (0 = off)")
@@ -168,6 +181,14 @@ def check_config(cfg: TrainConfig, given: dict) -> None:
     for name in ("batch_size", "gradient_accumulation_steps", "checkpointing_steps", "checkpoints_total_limit"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name} must be at least 1")
+    layout = get_layout(cfg.data_layout, cfg.mask_pattern)
+    if cfg.mask_pattern and cfg.data_layout != "folders":
+        raise ValueError("--mask_pattern names the masks of --data_layout folders")
+    # the class weights' count, wherever the label set is known without reading a file
+    known = cfg.labels or layout.labels or ("" if cfg.pretrained_model_path else DEFAULT_LABELS)
+    if known in shipped_names():
+        label_set = load_label_set(known)
+        resolve_class_weights(cfg.loss, label_set.labels, label_set.name)
     if cfg.max_steps < 0 or cfg.epochs <= 0 and not cfg.max_steps:
         raise ValueError("give a positive --epochs or --max_steps")
 
@@ -243,18 +264,30 @@ class StopRequest:
 # ---- model, stage and optimizer ----------------------------------------------------------------
 
 def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
-    """The model this run starts from and the stage ("all", "bottleneck", "local_attention")."""
+    """The model this run starts from and the stage ("all", "bottleneck", "local_attention"). Its
+    label set is the data's (`run_label_set`); a checkpoint of another label set keeps every weight
+    but the label head, which starts fresh."""
+    layout = get_layout(cfg.data_layout, cfg.mask_pattern)
     if not cfg.pretrained_model_path:
-        config = PRESETS[cfg.preset]
+        config, labels = PRESETS[cfg.preset], run_label_set(cfg)
         config = dataclasses.replace(config, bottleneck=cfg.bottleneck or config.bottleneck,
-                                     image_size=cfg.image_size or config.image_size)
-        return UNet(config), "all"
-    ckpt = read_checkpoint(cfg.pretrained_model_path)
-    config = UNetConfig.from_dict(ckpt["model_config"])
-    if cfg.image_size:
-        config = dataclasses.replace(config, image_size=cfg.image_size)
-    model = UNet(config)
-    load_state(model, ckpt["model"], cfg.pretrained_model_path)
+                                     image_size=cfg.image_size or config.image_size, num_labels=len(labels),
+                                     fit=layout.fit)
+        return UNet(config, labels), "all"
+    model = model_from_checkpoint(read_checkpoint(cfg.pretrained_model_path), cfg.pretrained_model_path)
+    model.config = dataclasses.replace(model.config, image_size=cfg.image_size or model.config.image_size,
+                                       fit=layout.fit)
+    config, labels = model.config, run_label_set(cfg, model.label_set)
+    if labels.labels != model.label_set.labels:
+        if cfg.upgrade_bottleneck or cfg.upgrade_local_attention:
+            raise ValueError(f"label set {labels.name} is not the checkpoint's ({model.label_set.name}): its fresh "
+                             "label head must train, so fine-tune without --upgrade_bottleneck or "
+                             "--upgrade_local_attention first")
+        log.info("fine-tuning %s onto label set %s (%d labels): the label head starts fresh in place of the "
+                 "checkpoint's for %s (%d labels); every other weight is loaded", cfg.pretrained_model_path,
+                 labels.name, len(labels), model.label_set.name, len(model.label_set))
+        new_label_head(model, labels)
+    model.label_set = labels   # the same names; this run's palette
     levels = cfg.local_attention_levels or tuple(range(LEVELS))
     if cfg.upgrade_bottleneck:
         return swap_bottleneck(model), "bottleneck"
@@ -263,6 +296,15 @@ def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
     if cfg.model_use_local_attention:
         return add_local_attention(model, levels), "all"
     return model, "all"
+
+
+def run_label_set(cfg: TrainConfig, checkpoint: LabelSet | None = None) -> LabelSet:
+    """The label set of the masks this run trains on: --labels; else that of a layout with its own (lip,
+    cihp, atr); else the checkpoint's; else DeepFashion-MultiModal's."""
+    layout = get_layout(cfg.data_layout, cfg.mask_pattern)
+    if cfg.labels or layout.labels or checkpoint is None:
+        return load_label_set(cfg.labels or layout.labels)
+    return checkpoint
 
 
 def make_optimizer(model: UNet, stage: str, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -352,7 +394,8 @@ def save_step_checkpoint(state: dict, output_dir: Path, limit: int) -> Path:
 
 def make_datasets(cfg: TrainConfig, model: UNet, d: Dist) -> tuple[FashionDataset, FashionDataset | None]:
     data_dir = Path(cfg.data_dir)
-    if cfg.data_dir == SYNTHETIC_DIR and d.main and not data_dir.exists():
+    layout = get_layout(cfg.data_layout, cfg.mask_pattern)
+    if cfg.data_dir == SYNTHETIC_DIR and layout == LAYOUTS["deepfashion-mm"] and d.main and not data_dir.exists():
         log.info("drawing a synthetic data set of %d images in %s (first use)", cfg.synthetic_images, data_dir)
         partial = data_dir.with_name(data_dir.name + ".partial")   # renamed when complete: never half a set
         shutil.rmtree(partial, ignore_errors=True)
@@ -362,12 +405,13 @@ def make_datasets(cfg: TrainConfig, model: UNet, d: Dist) -> tuple[FashionDatase
         dist.barrier()                                  # the others wait for rank 0's data set
     mc = model.config
     common = dict(image_size=mc.image_size, size_multiple=mc.size_multiple, seed=cfg.seed,
-                  test_split=cfg.test_split or None, val_fraction=cfg.val_fraction, skip_bad=cfg.skip_bad_samples)
-    train = FashionDataset(data_dir, "train", mode="random_strip", color_jitter=cfg.color_jitter, **common)
+                  test_split=cfg.test_split or None, val_fraction=cfg.val_fraction, skip_bad=cfg.skip_bad_samples,
+                  layout=layout, labels=model.label_set, test_fraction=cfg.test_fraction)
+    train = FashionDataset(data_dir, "train", mode=layout.train_mode, color_jitter=cfg.color_jitter, **common)
     val = None
     if cfg.val_fraction > 0:
         try:
-            val = FashionDataset(data_dir, "val", mode="center_strip", **common)
+            val = FashionDataset(data_dir, "val", mode=layout.eval_mode, **common)
         except EmptySplitError as e:   # a set too small to hold out an outfit: train on, unvalidated
             if d.main:
                 log.warning("no validation, training goes on without it (no best.pt, no val metrics): %s", e)
@@ -486,8 +530,10 @@ def restore(cfg: TrainConfig, device: torch.device):
     if "optimizer" not in ckpt:
         raise CheckpointError(f"{resume}: holds weights only, not a training state to resume; "
                               "start a new stage from it with --pretrained_model_path")
-    model = UNet(UNetConfig.from_dict(ckpt["model_config"]))
-    load_state(model, ckpt["model"], str(resume))
+    model = model_from_checkpoint(ckpt, str(resume))
+    if run_label_set(cfg, model.label_set).labels != model.label_set.labels:
+        raise CheckpointError(f"{resume}: a run of label set {model.label_set.name}; this one's is "
+                              f"{run_label_set(cfg, model.label_set).name} (--labels / --data_layout)")
     log.info("resuming %s at step %d (epoch %d)", resume, ckpt["step"], ckpt["epoch"])
     return model.to(device), ckpt["stage"], ckpt
 
@@ -512,6 +558,7 @@ def train(cfg: TrainConfig) -> Path:
     dtype = pick_precision(cfg.mixed_precision, device)
     output_dir = Path(cfg.output_dir)
     model, stage, ckpt = restore(cfg, device)
+    cfg = dataclasses.replace(cfg, loss=resolve_class_weights(cfg.loss, model.label_set.labels, model.label_set.name))
     if cfg.channels_last == "on" or cfg.channels_last == "auto" and device.type == "cpu":
         model.to(memory_format=torch.channels_last)
     model.set_gradient_checkpointing(cfg.gradient_checkpointing)

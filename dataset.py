@@ -788,7 +788,8 @@ class FashionDataset(torch.utils.data.Dataset):
 
     Strip modes cut a square of side min(W, H) along the long axis (for the real 750x1101 photos: a
     750x750 band at some height) and resize it to image_size. "whole" scales the full photo by the same
-    image_size / min(W, H) and pads bottom/right to a multiple of size_multiple. Letterbox modes scale the
+    image_size / min(W, H) (fit "short_side"; "long_side": / max(W, H), a letterboxed model's scale) and pads
+    bottom/right to a multiple of size_multiple. Letterbox modes scale the
     whole photo to fit image_size x image_size (long side = image_size) and pad bottom/right to that
     square: other data sets' photos come in every size and aspect, and no part of them is cut away.
 
@@ -809,14 +810,16 @@ class FashionDataset(torch.utils.data.Dataset):
                  size_multiple: int = 32, seed: int = 0, test_split: str | Path | None = None,
                  val_fraction: float = 0.05, skip_bad: bool = False, pairs: list[Pair] | None = None,
                  layout: Layout | str = DFMM_LAYOUT, labels: LabelSet = DEEPFASHION_MM,
-                 test_fraction: float = 0.1) -> None:
+                 test_fraction: float = 0.1, fit: str = "short_side") -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if image_size < 1 or size_multiple < 1:
             raise ValueError(f"image_size and size_multiple must be positive, got {image_size}, {size_multiple}")
         if not 0 <= color_jitter < 1:
             raise ValueError(f"color_jitter must be in [0, 1), got {color_jitter}")
-        self.root, self.layout, self.labels = Path(root), get_layout(layout), labels
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+        self.root, self.layout, self.labels, self.fit = Path(root), get_layout(layout), labels, fit
         # given pairs are used as they are: the caller has already chosen them
         self.pairs = list(pairs) if pairs is not None else split_pairs(
             find_pairs(self.root, layout=self.layout), split, test_split, val_fraction, self.layout, test_fraction)
@@ -880,7 +883,7 @@ class FashionDataset(torch.utils.data.Dataset):
 
     def _whole_sample(self, decoded: DecodedImage, mask: Image.Image, index: int) -> dict[str, torch.Tensor]:
         """The photo through prepare_whole_image; the mask at the same size, padded with IGNORE_INDEX."""
-        image, (height, width) = prepare_whole_image(decoded, self.image_size, self.size_multiple)  # (3, Hp, Wp)
+        image, (height, width) = prepare_whole_image(decoded, self.image_size, self.size_multiple, self.fit)  # (3, Hp, Wp)
         labels = torch.from_numpy(np.array(mask.resize((width, height), Image.Resampling.NEAREST)))  # (h, w)
         pad = (0, image.shape[-1] - width, 0, image.shape[-2] - height)
         return {"image": image, "mask": F.pad(labels, pad, value=IGNORE_INDEX),  # (Hp, Wp)

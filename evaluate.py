@@ -12,10 +12,16 @@ whose ground truth contains it of (intersection + 1) / (union + 1); pixel accura
 accuracy (pixels whose truth is not background), each the median of the per-image values. The
 per-image CSV has exactly the columns of the published per-image statistics, so runs compare
 row by row; `--summarize` rebuilds the table from such CSVs. Beyond the published table:
-data-set-level IoU and mIoU from the summed confusion matrix, and a boundary F-score.
+data-set-level IoU and mIoU from the summed confusion matrix, TopFormer's metric (per label the mean
+over all images of the per-image IoU, an image without the label counting 0) and a boundary F-score.
+--label_map NAME|FILE (dataset.load_label_map: u2net = topformer, atr, lip, fashn, or a file) scores
+prediction and truth in the mapped label set, so the 4-class upper/lower/full-body figures sit beside
+U2NET's and TopFormer's. Data sets of other layouts (--data_layout) are read as run.py trained on them.
 Outputs (in --out): per_image.csv (raw), per_image_postprocessed.csv (the first --postprocess
 method; each further one in per_image_postprocessed_<method>.csv), table.md, table.csv,
 metrics.json, panels/, backwards/.
+
+    python evaluate.py --checkpoint runs/tiny/model.pt --data_dir data/synthetic --label_map u2net
 """
 from __future__ import annotations
 
@@ -35,8 +41,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import (IGNORE_INDEX, LABELS, NUM_LABELS, PALETTE, FashionDataset, boundary_target, find_pairs,
-                     outfit_overlap, prepare_batch, prepare_images)
+from dataset import (DEEPFASHION_MM, IGNORE_INDEX, LABELS, LAYOUTS, FashionDataset, LabelMap, LabelSet,
+                     boundary_target, find_pairs, get_layout, load_label_map, load_label_set, outfit_overlap,
+                     prepare_batch, prepare_images, shipped_names)
 import postprocess
 
 # Left out of the published table: labels under this share (in %) of the labelled pixels
@@ -45,9 +52,16 @@ RARE_PROPORTION = 0.001
 # The boundary F-score counts a pixel as predicted boundary from this probability on.
 BOUNDARY_THRESHOLD = 0.5
 CSV_BLOCKS = ("intersection", "union", "predicted mass", "true mass", "iou score")
-CSV_HEADER = (["file"] + [f"{name} {block}" for block in CSV_BLOCKS for name in LABELS]
-              + ["pixel accuracy", "model pixel accuracy"]
-              + [f"{name} iou score" for name in LABELS] + [f"{name} true mass" for name in LABELS])
+
+
+def csv_header(labels: tuple[str, ...] = LABELS) -> list[str]:
+    """The published per-image CSV's columns, for any label set's names."""
+    return (["file"] + [f"{name} {block}" for block in CSV_BLOCKS for name in labels]
+            + ["pixel accuracy", "model pixel accuracy"]
+            + [f"{name} iou score" for name in labels] + [f"{name} true mass" for name in labels])
+
+
+CSV_HEADER = csv_header(LABELS)   # DeepFashion-MultiModal's, as published
 
 
 # ---- data-set-level metrics (summed confusion matrix; run.py validates with these) -------------
@@ -133,8 +147,9 @@ def csv_row(file: str, stats: dict) -> list[str]:
 
 
 def read_stats_csv(path: str | Path) -> dict[str, np.ndarray]:
-    """A per-image CSV -> arrays: "iou score", "true mass" (N, 24), "pixel accuracy" and
-    "model pixel accuracy" (N,). Empty cells are 0; repeated columns are read once."""
+    """A per-image CSV -> arrays: "intersection", "union", "iou score", "true mass" (N, L), "pixel
+    accuracy" and "model pixel accuracy" (N,), and "labels" (the L names, read off the header, so a
+    CSV of any label set reads). Empty cells are 0; repeated columns are read once."""
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows or "file" not in rows[0]:
@@ -142,27 +157,37 @@ def read_stats_csv(path: str | Path) -> dict[str, np.ndarray]:
     column = {}
     for i, name in enumerate(rows[0]):
         column.setdefault(name, i)
-    missing = [n for n in CSV_HEADER if n not in column]
+    labels = tuple(n.removesuffix(" iou score") for n in column if n.endswith(" iou score"))
+    missing = [n for n in csv_header(labels) if n not in column] if labels else ["<label> iou score"]
     if missing:
         raise ValueError(f"{path}: missing columns {missing[:5]}{' ...' if len(missing) > 5 else ''}")
 
     def values(names: list[str]) -> np.ndarray:
         return np.array([[float(r[column[n]] or 0) for n in names] for r in rows[1:]])
 
-    return {"iou score": values([f"{n} iou score" for n in LABELS]),
-            "true mass": values([f"{n} true mass" for n in LABELS]),
+    return {**{block: values([f"{n} {block}" for n in labels]) for block in CSV_BLOCKS if block != "predicted mass"},
             "pixel accuracy": values(["pixel accuracy"])[:, 0],
-            "model pixel accuracy": values(["model pixel accuracy"])[:, 0]}
+            "model pixel accuracy": values(["model pixel accuracy"])[:, 0], "labels": labels}
+
+
+def mean_image_iou(stats: dict[str, np.ndarray]) -> np.ndarray:
+    """TopFormer's metric, per label: the mean over all images of intersection / union, an image
+    where the label is neither true nor predicted counting 0. -> (L,)"""
+    inter, union = stats["intersection"], stats["union"]                     # (N, L)
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0).mean(0)
 
 
 def label_table(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray | float]:
-    """Per label: proportion (% of labelled pixels), frequency (images containing it), median IoU."""
-    present = stats["true mass"] > 0                                          # (N, 24)
+    """Per label: proportion (% of labelled pixels), frequency (images containing it), median IoU, and
+    TopFormer's mean per-image IoU (where the CSV has intersections and unions)."""
+    present = stats["true mass"] > 0                                          # (N, L)
     iou = np.where(present, stats["iou score"], np.nan)
     with np.errstate(all="ignore"):
         median = np.array([np.median(iou[present[:, j], j]) if present[:, j].any() else np.nan
-                           for j in range(NUM_LABELS)])
-    return {"proportion": 100 * stats["true mass"].sum(0) / stats["true mass"].sum(),
+                           for j in range(present.shape[1])])
+    extra = {"mean image iou": mean_image_iou(stats)} if "union" in stats else {}
+    return {"labels": stats.get("labels", LABELS), **extra,
+            "proportion": 100 * stats["true mass"].sum(0) / stats["true mass"].sum(),
             "frequency": present.sum(0), "median iou": median,
             "pixel accuracy": float(np.nanmedian(stats["pixel accuracy"])),
             "subject accuracy": float(np.nanmedian(stats["model pixel accuracy"]))}
@@ -171,12 +196,13 @@ def label_table(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray | float]:
 def format_tables(tables: dict[str, dict]) -> tuple[str, list[list[str]]]:
     """Side-by-side columns (one per name) as Markdown and as CSV rows, labels by proportion."""
     first = next(iter(tables.values()))
+    names = first.get("labels", LABELS)
     order = np.argsort(-first["proportion"], kind="stable")
     common = [j for j in order if first["proportion"][j] >= RARE_PROPORTION]
-    rare = [LABELS[j] for j in order if 0 < first["frequency"][j] and first["proportion"][j] < RARE_PROPORTION]
+    rare = [names[j] for j in order if 0 < first["frequency"][j] and first["proportion"][j] < RARE_PROPORTION]
     rows = [["label", "proportion", "frequency", *tables]]
     for j in common:
-        rows.append([LABELS[j], f"{first['proportion'][j]:.4f}", str(first["frequency"][j]),
+        rows.append([names[j], f"{first['proportion'][j]:.4f}", str(first["frequency"][j]),
                      *(f"{t['median iou'][j]:.3f}" for t in tables.values())])
     for key in ("pixel accuracy", "subject accuracy"):
         rows.append([key, "", "", *(f"{t[key]:.3f}" for t in tables.values())])
@@ -187,8 +213,23 @@ def format_tables(tables: dict[str, dict]) -> tuple[str, list[list[str]]]:
     return "\n".join(md), rows
 
 
+def format_image_iou(tables: dict[str, dict]) -> str:
+    """TopFormer's metric beside each other (one column per name) as Markdown: per label the mean over
+    all images of the per-image IoU (0 where the label is absent), and their mean over every label but
+    background (label 0), the figure of its upper/lower/whole-body table."""
+    names = next(iter(tables.values())).get("labels", LABELS)
+    md = ["| label (mean per-image IoU, absent = 0) | " + " | ".join(tables) + " |", "|" + "---|" * (len(tables) + 1)]
+    md += [f"| {name} | " + " | ".join(f"{t['mean image iou'][j]:.3f}" for t in tables.values()) + " |"
+           for j, name in enumerate(names)]
+    md.append("| mean over the labels but background | "
+              + " | ".join(f"{t['mean image iou'][1:].mean():.3f}" for t in tables.values()) + " |")
+    return "\n".join(md)
+
+
 def write_tables(tables: dict[str, dict], out: Path) -> str:
     markdown, rows = format_tables(tables)
+    if all("mean image iou" in t for t in tables.values()):
+        markdown += "\n\n" + format_image_iou(tables)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(markdown + "\n")
     with open(out / "table.csv", "w", newline="") as f:
@@ -198,21 +239,25 @@ def write_tables(tables: dict[str, dict], out: Path) -> str:
 
 # ---- pictures -------------------------------------------------------------------------------------
 
-def save_panel(path: Path, image: np.ndarray, maps: dict[str, np.ndarray], boundary: np.ndarray) -> None:
+def save_panel(path: Path, image: np.ndarray, maps: dict[str, np.ndarray], boundary: np.ndarray,
+               label_set: LabelSet = DEEPFASHION_MM) -> None:
     """Side by side: the photo, each label map in colour, the boundary probability; a legend below.
 
-    image: (H, W, 3) uint8; maps: title -> (H, W) label ids; boundary: (H, W) in [0, 1].
+    image: (H, W, 3) uint8; maps: title -> (H, W) label ids of label_set (others drawn black);
+    boundary: (H, W) in [0, 1].
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    draw_panel([(image, maps, boundary)]).save(path)
+    draw_panel([(image, maps, boundary)], label_set).save(path)
 
 
-def draw_panel(rows: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]]) -> Image.Image:
+def draw_panel(rows: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]],
+               label_set: LabelSet = DEEPFASHION_MM) -> Image.Image:
     """One row per (image, maps, boundary) as save_panel lays it out, all the same size and maps
     under column titles; one legend below of every label shown."""
     h, w = rows[0][0].shape[:2]
+    count, colours = len(label_set), np.concatenate([label_set.colours, np.zeros((1, 3), np.uint8)])
     titles = ["image", *rows[0][1], "boundary"]
-    present = sorted(set().union(*(np.unique(m[m < NUM_LABELS]).tolist() for _, maps, _ in rows
+    present = sorted(set().union(*(np.unique(m[m < count]).tolist() for _, maps, _ in rows
                                    for m in maps.values())))
     legend_rows = (len(present) + 3) // 4
     canvas = Image.new("RGB", (w * len(titles), h * len(rows) + 16 + 14 * legend_rows), "white")
@@ -220,15 +265,15 @@ def draw_panel(rows: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]])
     for i, title in enumerate(titles):
         draw.text((i * w + 3, 2), title, fill="black")
     for r, (image, maps, boundary) in enumerate(rows):
-        tiles = [image] + [PALETTE[np.where(m < NUM_LABELS, m, 0)] for m in maps.values()]
+        tiles = [image] + [colours[np.where(m < count, m, count)] for m in maps.values()]
         tiles.append(np.repeat((boundary * 255).astype(np.uint8)[..., None], 3, axis=2))
         for i, tile in enumerate(tiles):
             canvas.paste(Image.fromarray(tile), (i * w, 16 + r * h))
     column = canvas.width // 4
     for k, label in enumerate(present):
         x, y = (k % 4) * column + 3, h * len(rows) + 18 + (k // 4) * 14
-        draw.rectangle([x, y, x + 10, y + 10], fill=tuple(int(c) for c in PALETTE[label]), outline="black")
-        draw.text((x + 14, y), LABELS[label], fill="black")
+        draw.rectangle([x, y, x + 10, y + 10], fill=tuple(int(c) for c in colours[label]), outline="black")
+        draw.text((x + 14, y), label_set.labels[label], fill="black")
     return canvas
 
 
@@ -282,15 +327,21 @@ def save_backwards(out: Path, name: str, before: np.ndarray, after: np.ndarray) 
 
 def evaluate(model, dataset: FashionDataset, out: Path, device: torch.device, batch_size: int = 8,
              num_workers: int = 2, methods: tuple[str, ...] = ("published",), panels: int = 8,
-             dtype: torch.dtype | None = None) -> dict:
+             dtype: torch.dtype | None = None, label_map: LabelMap | None = None) -> dict:
     """Run the model over `dataset`, scoring the argmax ("raw") and each post-processing of
     `methods` (postprocess.METHODS names); write the per-image CSVs and panels; return the summaries.
-    dtype: the autocast dtype (unet.pick_precision), None for fp32."""
+    dtype: the autocast dtype (unet.pick_precision), None for fp32. With label_map, prediction and
+    truth are scored in its target label set: truth pixels of unmapped labels are not scored, and a
+    prediction of an unmapped label is wrong everywhere (an extra confusion-matrix column, dropped
+    from every per-label figure)."""
     model.eval().to(device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    label_set = label_map.target if label_map else model.label_set
+    count = len(label_set)
+    size = count + (label_map is not None)                  # + "unmapped" for mapped predictions
     variants = ["raw", *methods]
     rows = {v: [] for v in variants}
-    cms = {v: torch.zeros(NUM_LABELS, NUM_LABELS, dtype=torch.int64) for v in variants}
+    cms = {v: torch.zeros(size, size, dtype=torch.int64) for v in variants}
     edges = np.zeros(4, dtype=np.int64)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     for batch in tqdm(loader, desc="evaluating", unit="batch"):
@@ -306,23 +357,40 @@ def evaluate(model, dataset: FashionDataset, out: Path, device: torch.device, ba
             maps = {"raw": prob.argmax(0)}
             for method in methods:
                 maps[method] = postprocess.run(method, prob, edge)
+            edges += boundary_counts(edge >= BOUNDARY_THRESHOLD, boundary_target(truth).numpy() > 0)
+            if label_map is not None:
+                truth = torch.from_numpy(label_map.apply(truth.numpy()))
+                maps = {v: label_map.apply(m, unmapped=count) for v, m in maps.items()}
             name = dataset.pairs[index].mask.name
             for v, labels in maps.items():
-                cm = confusion_matrix(torch.from_numpy(labels.astype(np.int64)), truth, NUM_LABELS)
+                cm = confusion_matrix(torch.from_numpy(labels.astype(np.int64)), truth, size)
                 cms[v] += cm
-                rows[v].append(csv_row(name, image_stats(cm)))
-            edges += boundary_counts(edge >= BOUNDARY_THRESHOLD, boundary_target(truth).numpy() > 0)
+                rows[v].append(csv_row(name, trimmed_stats(cm, count)))
             if panels > 0 and len(rows["raw"]) <= panels:
                 save_panel(out / "panels" / f"{Path(name).stem}.png",
                            batch["image"][i, :, :h, :w].permute(1, 2, 0).numpy(),
-                           {"truth": truth.numpy(), **maps}, edge)
+                           {"truth": truth.numpy(), **maps}, edge, label_set)
     out.mkdir(parents=True, exist_ok=True)
     for v in variants:
         with open(out / per_image_csv(v, methods), "w", newline="") as f:
-            csv.writer(f).writerows([CSV_HEADER, *rows[v]])
-    return {v: {"pixel accuracy": pixel_accuracy(cms[v]), "mIoU": mean_iou(cms[v]),
-                "IoU": dict(zip(LABELS, iou_per_label(cms[v]).tolist()))} for v in variants} | \
-           {"boundary F-score": boundary_f_score(edges)}
+            csv.writer(f).writerows([csv_header(label_set.labels), *rows[v]])
+    return {v: dataset_metrics(cms[v], label_set.labels) for v in variants} | \
+           {"boundary F-score": boundary_f_score(edges), "labels": label_set.name} | \
+           ({"label_map": label_map.name} if label_map else {})
+
+
+def trimmed_stats(cm: Tensor, count: int) -> dict[str, np.ndarray | float]:
+    """image_stats of a (count + k)-square confusion matrix, per-label arrays cut to the first `count`
+    labels (the rest: columns for predictions outside the label set, which only count as wrong)."""
+    stats = image_stats(cm)
+    return {k: v[:count] if isinstance(v, np.ndarray) else v for k, v in stats.items()}
+
+
+def dataset_metrics(cm: Tensor, labels: tuple[str, ...]) -> dict:
+    """Pixel accuracy, mIoU and per-label IoU of a summed confusion matrix, over `labels` (the first
+    len(labels) rows and columns; an extra column of unmapped predictions counts as wrong)."""
+    iou = iou_per_label(cm)[:len(labels)]
+    return {"pixel accuracy": pixel_accuracy(cm), "mIoU": iou.nanmean().item(), "IoU": dict(zip(labels, iou.tolist()))}
 
 
 def per_image_csv(variant: str, methods: tuple[str, ...]) -> str:
@@ -336,12 +404,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--summarize", nargs="+", metavar="CSV", help="rebuild the table from per-image CSVs")
     p.add_argument("--checkpoint", help="model to evaluate")
-    p.add_argument("--data_dir", help="DeepFashion-MultiModal root (images/, segm/)")
+    p.add_argument("--data_dir", help="data set root (DeepFashion-MultiModal: images/, segm/)")
+    p.add_argument("--data_layout", choices=list(LAYOUTS),
+                   help="how --data_dir keeps photos and masks (default: the one the checkpoint trained on, "
+                        "else deepfashion-mm)")
+    p.add_argument("--mask_pattern", help="--data_layout folders: a photo's mask name, e.g. '{stem}_mask.png' "
+                                          "(default: the checkpoint's, else {stem}.png)")
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"])
-    p.add_argument("--test_split", help="file naming the test images (default: the published 1,270)")
-    p.add_argument("--mode", default="center_strip", choices=["center_strip", "whole"],
-                   help="center_strip: the published square strip; whole: the whole photo, padded")
-    p.add_argument("--out", help="output folder (default: next to the checkpoint, eval-<split>)")
+    p.add_argument("--test_split", help="file naming the test images (default: the layout's: the published 1,270 "
+                                        "for deepfashion-mm, the data set's own test part for lip and cihp, "
+                                        "else a hash)")
+    p.add_argument("--test_fraction", type=float, help="hashed test split's share (default: the checkpoint's, else 0.1)")
+    p.add_argument("--mode", default="auto", choices=["auto", "center_strip", "whole", "letterbox"],
+                   help="auto: the layout's (center_strip for deepfashion-mm, letterbox elsewhere); "
+                        "center_strip: the published square strip; whole: the whole photo, padded; "
+                        "letterbox: the whole photo fitted into the training square")
+    p.add_argument("--label_map", metavar="NAME|FILE",
+                   help="score predictions and truth in a mapped label set: a shipped map ("
+                        + ", ".join(shipped_names("maps")) + ", topformer) or a map file (README 'Label sets')")
+    p.add_argument("--out", help="output folder (default: next to the checkpoint, eval-<split>[-<map>])")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -370,6 +451,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def report(results: dict, out: Path, methods: tuple[str, ...]) -> str:
+    """The tables of an `evaluate` run from its per-image CSVs, written to `out` (table.md, table.csv);
+    TopFormer's mean per-image IoU joins `results` per variant. -> the text to print."""
+    tables = {v: label_table(read_stats_csv(out / per_image_csv(v, methods))) for v in ("raw", *methods)}
+    lines = [write_tables(tables, out)]
+    for v, table in tables.items():
+        per_label = table["mean image iou"]
+        results[v]["mean image IoU"] = dict(zip(table["labels"], per_label.tolist()))
+        results[v]["mean image IoU, labels but background"] = float(per_label[1:].mean())
+        lines.append(f"{v}: data-set pixel accuracy {results[v]['pixel accuracy']:.4f}, mIoU {results[v]['mIoU']:.4f}, "
+                     f"mean per-image IoU (absent = 0) over the labels but background {per_label[1:].mean():.4f}")
+    lines.append(f"boundary F-score: {results['boundary F-score']:.4f}")
+    return "\n".join(lines)
+
+
+def setup(args: argparse.Namespace):
+    """(device, autocast dtype, model, data set, label map or None) for an evaluation run; the layout,
+    mask names and test fraction default to those the checkpoint trained with."""
+    from unet import model_from_checkpoint, pick_device, pick_precision, read_checkpoint   # --summarize needs none
+    device = pick_device(args.device)
+    dtype = pick_precision(args.precision, device)
+    ckpt = read_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt, args.checkpoint)
+    trained = ckpt.get("train_config", {})
+    layout = get_layout(args.data_layout or trained.get("data_layout", "deepfashion-mm"),
+                        args.mask_pattern if args.mask_pattern is not None else trained.get("mask_pattern", ""))
+    if layout.labels and load_label_set(layout.labels).labels != model.label_set.labels:
+        raise ValueError(f"{args.data_dir} ({layout.name}) has masks of label set {layout.labels}; the model's "
+                         f"is {model.label_set.name}: evaluate it on data of its own label set")
+    label_map = load_label_map(args.label_map, model.label_set) if args.label_map else None
+    config = model.config
+    mode = layout.eval_mode if args.mode == "auto" else args.mode
+    dataset = FashionDataset(args.data_dir, args.split, image_size=config.image_size, mode=mode,
+                             size_multiple=config.size_multiple, test_split=args.test_split, layout=layout,
+                             labels=model.label_set, fit=config.fit,
+                             test_fraction=args.test_fraction or trained.get("test_fraction", 0.1))
+    return device, dtype, model, dataset, label_map
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.summarize:
@@ -379,28 +499,20 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"error: {e}")
         print(write_tables(tables, Path(args.out)) if args.out else format_tables(tables)[0])
         return
-    from unet import load_model, pick_device, pick_precision   # here: --summarize needs no model code
     try:
-        device = pick_device(args.device)
-        dtype = pick_precision(args.precision, device)
-        model = load_model(args.checkpoint)
-        config = model.config
-        dataset = FashionDataset(args.data_dir, args.split, image_size=config.image_size, mode=args.mode,
-                                 size_multiple=config.size_multiple, test_split=args.test_split)
+        device, dtype, model, dataset, label_map = setup(args)
     except ValueError as e:                         # DataError and CheckpointError included
         sys.exit(f"error: {e}")
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
+    config = model.config
+    suffix = f"-{label_map.name}" if label_map else ""
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}{suffix}"
     results = evaluate(model, dataset, out, device, args.batch_size, args.num_workers, args.postprocess,
-                       args.panels, dtype)
+                       args.panels, dtype, label_map)
     results["precision"] = str(dtype or torch.float32).removeprefix("torch.")
-    tables = {v: label_table(read_stats_csv(out / per_image_csv(v, args.postprocess)))
-              for v in ("raw", *args.postprocess)}
-    print(write_tables(tables, out))
-    for v in tables:
-        print(f"{v}: data-set pixel accuracy {results[v]['pixel accuracy']:.4f}, mIoU {results[v]['mIoU']:.4f}")
-    print(f"boundary F-score: {results['boundary F-score']:.4f}")
-    if args.split == "test":   # another view of a test outfit in training flatters the scores
-        overlap = outfit_overlap([p.stem for p in dataset.pairs], [p.stem for p in find_pairs(args.data_dir)])
+    print(report(results, out, args.postprocess))
+    if args.split == "test" and dataset.layout.test_rule == "published":   # another view of a test outfit
+        all_stems = [p.stem for p in find_pairs(args.data_dir, layout=dataset.layout)]   # flatters the scores
+        overlap = outfit_overlap([p.stem for p in dataset.pairs], all_stems)
         results["test_outfit_overlap"] = overlap
         print(f"test images sharing an outfit with a training or validation image: {overlap['images']} "
               f"of {overlap['of']}")

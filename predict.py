@@ -2,7 +2,7 @@
 
     python predict.py --checkpoint runs/tiny/model.pt me.jpg holiday/ --out predictions
         [--device auto|cpu|cuda] [--batch_size 4] [--postprocess published|regions|none] [--no-postprocess]
-        [--masks] [--probabilities]
+        [--masks] [--probabilities] [--label_map u2net|atr|lip|fashn|FILE] [--classes top,pants [--merge]]
     python predict.py --checkpoint runs/tiny/model.pt --export-onnx model.onnx
     python predict.py --checkpoint model.onnx me.jpg holiday/ --out predictions    # onnxruntime
 
@@ -14,19 +14,29 @@ by the boundary post-processing --postprocess (postprocess.METHODS: `published`,
 algorithm, by default; `regions`) at the model's resolution, or by the per-pixel argmax with
 --no-postprocess (= --postprocess none):
 
-    <stem>.png          label ids 0-23 as an indexed PNG coloured with dataset.PALETTE
+    <stem>.png          label ids as an indexed PNG coloured with the model's label set's palette
     <stem>_overlay.jpg  the photo with the label colours blended over it and a legend
-    <stem>.json         file, width, height, per present label: id, pixels, fraction; postprocessed
-                        (true or false) and postprocess (the method's name, or "none")
+    <stem>.json         file, width, height, label_set, per present label: id, pixels, fraction;
+                        postprocessed (true or false) and postprocess (the method's name, or "none")
     <stem>_masks/       with --masks: one black/white PNG per present label, e.g. wrist_wearing.png
     <stem>_probs.npz    with --probabilities: float16 softmax and boundary at the model's resolution
+    <stem>_classes/     with --classes a,b: a.png (black/white mask) and a_cutout.png (RGBA: the photo's
+                        colours where the class is, transparent elsewhere), the same for b; with --merge
+                        one a+b.png and a+b_cutout.png
+
+The model's label set (which its checkpoint carries) names every output. --label_map NAME|FILE writes
+them in a mapped label set instead (dataset.load_label_map); a pixel whose label has no counterpart
+there is 255 in <stem>.png, drawn in the photo's own colours in the overlay, and counted in the JSON's
+"unmapped". --classes takes names of the output label set (or, with --label_map, of the model's); an
+unknown name is an error that lists the valid ones.
 
 A file that cannot be used is reported on stderr and skipped; the exit status is then 1.
 
 --export-onnx writes the model as one ONNX file for any batch size and any height and width that are
 multiples of the model's size_multiple: input `image` (B, 3, H, W) float32, normalised; outputs
-`mask_logits` (B, 24, H, W) and `boundary_logits` (B, H, W). Its metadata_props hold, as JSON, what
-input preparation needs: mean, std, image_size, size_multiple and labels. A --checkpoint ending in
+`mask_logits` (B, L, H, W) and `boundary_logits` (B, H, W). Its metadata_props hold, as JSON, what
+input preparation needs: mean, std, image_size, size_multiple, fit, and the label set: labels, palette
+and label_set (its name). A --checkpoint ending in
 .onnx runs on onnxruntime (CUDA with --device auto or cuda, when onnxruntime has it), prepared from
 that metadata; everything else is as for a PyTorch checkpoint.
 """
@@ -47,7 +57,8 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
 import unet
-from dataset import LABELS, NUM_LABELS, PALETTE, normalize, prepare_whole_image
+from dataset import (DEEPFASHION_MM, IGNORE_INDEX, DataError, LabelMap, LabelSet, load_label_map, normalize,
+                     prepare_whole_image, shipped_names)
 import postprocess
 
 # Files inside a folder count as inputs only with these suffixes; files named explicitly are always tried.
@@ -63,6 +74,7 @@ _MAX_WAITING_BATCHES = 4
 # Names in an exported ONNX file, and the metadata_props keys (JSON values) that describe its input.
 ONNX_INPUT, ONNX_OUTPUTS = "image", ("mask_logits", "boundary_logits")
 ONNX_METADATA = ("mean", "std", "image_size", "size_multiple", "labels")
+ONNX_OPTIONAL = ("palette", "label_set", "fit")   # written since label sets; older files get the defaults
 
 # A model's forward pass as predict.py uses it: (B, 3, H, W) normalised float32 on the CPU ->
 # ((B, L, H, W) mask logits, (B, H, W) boundary logits), float32 tensors on any device.
@@ -90,6 +102,8 @@ class Backend:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     forward: Forward
+    label_set: LabelSet = DEEPFASHION_MM   # what the model's label ids mean
+    fit: str = "short_side"                # which side of a photo image_size measures (dataset.FITS)
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -186,7 +200,7 @@ def load_jobs(paths: list[Path], names: list[str], backend: Backend, max_pixels:
 
 def prepare_input(photo: Image.Image, backend: Backend) -> tuple[torch.Tensor, tuple[int, int]]:
     """An RGB photo -> its (3, Hp, Wp) normalised model input and the (h, w) before padding."""
-    pixels, valid_hw = prepare_whole_image(photo, backend.image_size, backend.size_multiple)  # (3, Hp, Wp) uint8
+    pixels, valid_hw = prepare_whole_image(photo, backend.image_size, backend.size_multiple, backend.fit)  # (3, Hp, Wp)
     return normalize(pixels[None], backend.mean, backend.std, torch.tensor([valid_hw]))[0], valid_hw
 
 
@@ -218,7 +232,8 @@ def torch_backend(path: Path, device: torch.device, precision: str = "auto") -> 
         return output.mask_logits, output.boundary_logits
 
     config = model.config
-    return Backend(config.image_size, config.size_multiple, config.mean, config.std, forward)
+    return Backend(config.image_size, config.size_multiple, config.mean, config.std, forward, model.label_set,
+                   config.fit)
 
 
 def onnx_backend(path: Path, device: str) -> Backend:
@@ -241,22 +256,27 @@ def onnx_backend(path: Path, device: str) -> Backend:
         mask_logits, boundary_logits = session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: inputs.numpy()})
         return torch.from_numpy(mask_logits), torch.from_numpy(boundary_logits)
 
-    return Backend(meta["image_size"], meta["size_multiple"], tuple(meta["mean"]), tuple(meta["std"]), forward)
+    return Backend(meta["image_size"], meta["size_multiple"], tuple(meta["mean"]), tuple(meta["std"]), forward,
+                   meta["label_set"], meta.get("fit", "short_side"))
 
 
 def read_onnx_metadata(path: Path, props: dict[str, str]) -> dict:
-    """The ONNX_METADATA values of an exported file, checked against this code's labels."""
+    """The ONNX_METADATA (and present ONNX_OPTIONAL) values of an exported file, and "label_set", the
+    dataset.LabelSet its labels (and palette) make; a file without a palette gets the default colours."""
     missing = [key for key in ONNX_METADATA if key not in props]
     if missing:
         raise ValueError(f"{path}: no {', '.join(missing)} in the ONNX metadata_props "
                          "(not written by predict.py --export-onnx?)")
     try:
-        meta = {key: json.loads(props[key]) for key in ONNX_METADATA}
+        meta = {key: json.loads(props[key]) for key in (*ONNX_METADATA, *ONNX_OPTIONAL) if key in props}
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: ONNX metadata_props value is not JSON ({err})") from err
-    if meta["labels"] != list(LABELS):
-        # the palette, masks and summaries name labels by dataset.LABELS
-        raise ValueError(f"{path}: the model's labels {meta['labels']} are not this code's {list(LABELS)}")
+    try:
+        meta["label_set"] = DEEPFASHION_MM if meta["labels"] == list(DEEPFASHION_MM.labels) and "palette" not in meta \
+            else LabelSet(meta.get("label_set") or path.stem, tuple(meta["labels"]),
+                          tuple(map(tuple, meta.get("palette") or ())), f"{path} metadata")
+    except DataError as err:
+        raise ValueError(f"{path}: the labels in its metadata are unusable: {err}") from err
     return meta
 
 
@@ -289,46 +309,111 @@ def label_map(probs: np.ndarray, boundary: np.ndarray, size: tuple[int, int], me
 
 # ---------------------------------------------------------------------------------- outputs
 
-def overlay(photo: Image.Image, labels: np.ndarray, pixels: dict[int, int]) -> Image.Image:
+def _colour_table(label_set: LabelSet) -> np.ndarray:
+    """(256, 3) uint8: the label set's colours by id, black for every other id (IGNORE_INDEX = unmapped)."""
+    table = np.zeros((256, 3), np.uint8)
+    table[:len(label_set)] = label_set.colours
+    return table
+
+
+def overlay(photo: Image.Image, labels: np.ndarray, pixels: dict[int, int],
+            label_set: LabelSet = DEEPFASHION_MM) -> Image.Image:
     """The photo with the (H, W) label colours blended over it at 50% and a legend in the top-left
-    corner: a swatch, the name and the share of pixels for each present label."""
-    blended = Image.blend(photo, Image.fromarray(PALETTE[labels]), 0.5)
+    corner: a swatch, the name and the share of pixels for each present label. Pixels of no label
+    (IGNORE_INDEX: unmapped by a label map) keep the photo's colours."""
+    blended = Image.blend(photo, Image.fromarray(_colour_table(label_set)[labels]), 0.5)
+    if (labels == IGNORE_INDEX).any():
+        blended.paste(photo, mask=Image.fromarray(labels == IGNORE_INDEX))
     draw = ImageDraw.Draw(blended)  # the default font
-    total = sum(pixels.values())
-    rows = [(label, f"{LABELS[label]} {n / total:.1%}") for label, n in pixels.items()]
+    total = labels.size
+    rows = [(label, f"{label_set.labels[label]} {n / total:.1%}") for label, n in pixels.items()]
+    if not rows:
+        return blended
     line = draw.textbbox((0, 0), "Ag")[3] + 4  # row height: text plus a gap
     width = max(draw.textlength(text) for _, text in rows) + line + 10
     draw.rectangle((0, 0, width, len(rows) * line + 6), fill=(0, 0, 0))
     for row, (label, text) in enumerate(rows):
         y = 4 + row * line
-        draw.rectangle((4, y, line, y + line - 4), fill=tuple(PALETTE[label].tolist()), outline=(255, 255, 255))
+        draw.rectangle((4, y, line, y + line - 4), fill=tuple(label_set.palette[label]), outline=(255, 255, 255))
         draw.text((line + 6, y), text, fill=(255, 255, 255))
     return blended
 
 
-def write_outputs(out_dir: Path, job: Job, labels: np.ndarray, method: str, masks: bool) -> None:
+def file_name(label: str) -> str:
+    """A label's name as a file name: "wrist wearing" -> "wrist_wearing"."""
+    return label.replace(" ", "_").replace("/", "_")
+
+
+def write_outputs(out_dir: Path, job: Job, labels: np.ndarray, method: str, masks: bool,
+                  label_set: LabelSet = DEEPFASHION_MM, label_map: str = "") -> None:
     """<name>.png, <name>_overlay.jpg, <name>.json and with masks <name>_masks/<label>.png, for the
-    (H, W) uint8 label ids of job's photo, labelled by post-processing `method` ("none": argmax)."""
+    (H, W) uint8 label ids of job's photo in `label_set` (IGNORE_INDEX: a pixel whose label the label
+    map `label_map` leaves unmapped), labelled by post-processing `method` ("none": argmax)."""
     index = Image.fromarray(labels)  # mode L; putpalette makes it P with the label ids as indices
-    index.putpalette(PALETTE.tobytes())
+    index.putpalette(_colour_table(label_set).tobytes())
     index.save(out_dir / f"{job.name}.png")
-    counts = np.bincount(labels.ravel(), minlength=NUM_LABELS)  # (L,)
-    pixels = {label: int(n) for label, n in enumerate(counts) if n}
-    overlay(job.photo, labels, pixels).save(out_dir / f"{job.name}_overlay.jpg", quality=90)
+    counts = np.bincount(labels.ravel(), minlength=256)  # (256,)
+    pixels = {label: int(n) for label, n in enumerate(counts[:len(label_set)]) if n}
+    overlay(job.photo, labels, pixels, label_set).save(out_dir / f"{job.name}_overlay.jpg", quality=90)
     summary = {"file": str(job.path), "width": job.photo.width, "height": job.photo.height,
-               "labels": {LABELS[label]: {"id": label, "pixels": n, "fraction": n / labels.size}
+               "label_set": label_set.name,
+               "labels": {label_set.labels[label]: {"id": label, "pixels": n, "fraction": n / labels.size}
                           for label, n in pixels.items()},
                "postprocessed": method != "none", "postprocess": method}
+    if label_map:
+        unmapped = int(counts[IGNORE_INDEX])
+        summary |= {"label_map": label_map, "unmapped": {"id": IGNORE_INDEX, "pixels": unmapped,
+                                                         "fraction": unmapped / labels.size}}
     (out_dir / f"{job.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     if masks:
         folder = out_dir / f"{job.name}_masks"
         folder.mkdir(exist_ok=True)
-        for label, name in enumerate(LABELS):
-            path = folder / f"{name.replace(' ', '_')}.png"
+        for label, name in enumerate(label_set.labels):
+            path = folder / f"{file_name(name)}.png"
             if label in pixels:
                 Image.fromarray(labels == label).save(path)  # mode 1: black/white
             else:
                 path.unlink(missing_ok=True)  # a mask left by an earlier run would be a lie now
+
+
+def write_classes(out_dir: Path, job: Job, chosen: dict[str, np.ndarray], merge: bool) -> dict[str, int]:
+    """For `chosen` (class name -> (H, W) bool, its pixels), <name>_classes/<class>.png, a black/white
+    mask, and <class>_cutout.png, the photo as RGBA: its own colours where the class is, fully
+    transparent (and black) elsewhere; with merge one pair for all of them, named a+b+c. -> pixels per file."""
+    folder = out_dir / f"{job.name}_classes"
+    folder.mkdir(exist_ok=True)
+    if merge:
+        chosen = {"+".join(file_name(n) for n in chosen): np.logical_or.reduce(list(chosen.values()))}
+    rgb = np.asarray(job.photo)                                                # (H, W, 3)
+    written = {}
+    for name, selected in chosen.items():
+        Image.fromarray(selected).save(folder / f"{file_name(name)}.png")       # mode 1
+        alpha = selected.astype(np.uint8) * 255                                 # (H, W)
+        cutout = np.dstack([rgb * selected[..., None], alpha]).astype(np.uint8)  # (H, W, 4)
+        Image.fromarray(cutout, "RGBA").save(folder / f"{file_name(name)}_cutout.png")
+        written[name] = int(selected.sum())
+    return written
+
+
+def class_selectors(names: list[str], backend: Backend, mapping: LabelMap | None) -> dict[str, tuple[str, int]]:
+    """--classes names -> (which labels, id): ("out", id) in the output label set (the mapped one with
+    --label_map), else ("model", id) in the model's. An unknown name raises ValueError listing the valid ones."""
+    out_set = mapping.target if mapping else backend.label_set
+    sets = [("out", out_set)] + ([("model", backend.label_set)] if mapping else [])
+    found, unknown = {}, []
+    for name in names:
+        for kind, label_set in sets:
+            try:
+                found[name] = (kind, label_set.index(name))
+                break
+            except DataError:
+                continue
+        else:
+            unknown.append(name)
+    if unknown:
+        valid = "; ".join(f"{ls.name}: {', '.join(ls.labels)}" for _, ls in sets)
+        raise ValueError(f"--classes: unknown class(es) {', '.join(map(repr, unknown))}; the valid ones ({valid})")
+    return found
 
 
 # ---------------------------------------------------------------------------------- export
@@ -362,7 +447,8 @@ def export_onnx(checkpoint: Path, destination: Path) -> None:
     program.model.metadata_props.update(
         {"mean": json.dumps(list(config.mean)), "std": json.dumps(list(config.std)),
          "image_size": json.dumps(config.image_size), "size_multiple": json.dumps(m),
-         "labels": json.dumps(list(LABELS))})
+         "labels": json.dumps(list(model.label_set.labels)), "palette": json.dumps([list(c) for c in model.label_set.palette]),
+         "label_set": json.dumps(model.label_set.name), "fit": json.dumps(config.fit)})
     destination.parent.mkdir(parents=True, exist_ok=True)
     program.save(destination)  # one file; a separate weights file only past protobuf's 2 GB
 
@@ -406,9 +492,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--masks", action="store_true",
                         help="also write <stem>_masks/<label>.png, one black/white PNG per present label")
     parser.add_argument("--probabilities", action="store_true",
-                        help="also write <stem>_probs.npz: float16 'probabilities' (24, h, w) softmax and "
+                        help="also write <stem>_probs.npz: float16 'probabilities' (L, h, w) softmax and "
                              "'boundary' (h, w) sigmoid at the model's resolution (the photo scaled to the "
                              "training scale, padding cropped), not at the photo's size")
+    parser.add_argument("--label_map", metavar="NAME|FILE",
+                        help="write every output in a mapped label set: a shipped map (" + ", ".join(shipped_names("maps"))
+                             + ", topformer) or a map file; pixels of unmapped labels are 255 in <stem>.png")
+    parser.add_argument("--classes", metavar="NAME,NAME,...",
+                        help="also write <stem>_classes/<class>.png (a black/white mask) and <class>_cutout.png "
+                             "(the photo as RGBA, transparent elsewhere) for these classes, names of the output "
+                             "label set (the model's or --label_map's) or, with --label_map, of the model's")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --classes: one mask and one cut-out for all the classes together, <a>+<b>.png")
     return parser
 
 
@@ -420,6 +515,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--export-onnx writes only the ONNX file: give no INPUT or --out with it")
     if not args.export_onnx and not (args.inputs and args.out):
         parser.error("give INPUT files or folders and --out (or --export-onnx FILE)")
+    if args.export_onnx and (args.label_map or args.classes):
+        parser.error("--label_map and --classes shape predictions; --export-onnx writes the model as it is")
+    if args.merge and not args.classes:
+        parser.error("--merge goes with --classes")
+    args.classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else []
     return args
 
 
@@ -433,8 +533,11 @@ def predict_photos(args: argparse.Namespace) -> int:
         names = output_names(paths)
         check_no_overwrite(paths, names, args.out)
         backend = load_backend(args.checkpoint, args.device, args.precision)
-    except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError is a ValueError
+        mapping = load_label_map(args.label_map, backend.label_set) if args.label_map else None
+        selectors = class_selectors(args.classes, backend, mapping)
+    except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError and dataset.DataError are ValueErrors
         build_parser().error(str(err))
+    out_set = mapping.target if mapping else backend.label_set
     args.out.mkdir(parents=True, exist_ok=True)
     skipped: list[str] = []
     written = 0
@@ -449,8 +552,14 @@ def predict_photos(args: argparse.Namespace) -> int:
             results = predict_batch(backend.forward, torch.stack([job.model_input for job in batch]),  # (B, 3, Hp, Wp)
                                     [job.valid_hw for job in batch])
             for job, (probs, boundary) in zip(batch, results):
-                labels = label_map(probs, boundary, job.photo.size, args.postprocess)
-                write_outputs(args.out, job, labels, args.postprocess, args.masks)
+                labels = label_map(probs, boundary, job.photo.size, args.postprocess)   # the model's ids
+                shown = mapping.apply(labels) if mapping else labels
+                write_outputs(args.out, job, shown, args.postprocess, args.masks, out_set,
+                              mapping.name if mapping else "")
+                if selectors:
+                    ids = {"out": shown, "model": labels}
+                    write_classes(args.out, job, {n: ids[kind] == i for n, (kind, i) in selectors.items()},
+                                  args.merge)
                 if args.probabilities:
                     np.savez_compressed(args.out / f"{job.name}_probs.npz",
                                         probabilities=probs.astype(np.float16), boundary=boundary.astype(np.float16))

@@ -14,7 +14,7 @@ from PIL import Image
 
 import predict
 import unet
-from dataset import LABELS
+from dataset import LABELS, PALETTE
 
 # Every kind of block, local attention included, as few and as narrow as possible: each one slows the
 # export. Local attention at level 4 (1/16 of the input) gets 4x4 tiles for even block counts and 2x2
@@ -72,7 +72,8 @@ def test_the_file_describes_itself(exported):
     model = onnx.load(str(onnx_file))
     meta = {prop.key: json.loads(prop.value) for prop in model.metadata_props}
     assert meta == {"mean": list(CONFIG.mean), "std": list(CONFIG.std), "image_size": 64, "size_multiple": 32,
-                    "labels": list(LABELS)}
+                    "labels": list(LABELS), "palette": PALETTE.tolist(), "label_set": "deepfashion-mm",
+                    "fit": "short_side"}
     (image,) = model.graph.input
     dims = image.type.tensor_type.shape.dim
     assert image.name == "image" and dims[1].dim_value == 3

@@ -5,6 +5,7 @@ Every part is drawn once into a coverage layer; the layer composites a textured 
 writes the label into the mask, so photo and mask always agree.
 
     python synthetic.py OUT_DIR --count 200 [--seed 0] [--width 750 --height 1101]
+    python synthetic.py OUT_DIR --count 40 --layout lip --width 150 --height 220   # LIP's layout and labels
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from dataset import _IMAGE_SUFFIX, _MASK_SUFFIX, DEFAULT_TEST_SPLIT, LABELS, Pair, outfit_key, read_split_file
+from dataset import (_IMAGE_SUFFIX, _MASK_SUFFIX, DEFAULT_TEST_SPLIT, LABELS, LabelSet, Pair, load_label_map,
+                     load_label_set, outfit_key, read_split_file)
 
 _ID = {name: i for i, name in enumerate(LABELS)}
 _CATEGORIES = {  # (category, weight) per gender, roughly as in the real data but rare ones boosted
@@ -561,8 +563,10 @@ def _figure_fills(rng: np.random.Generator, outfit: _Outfit, h: float) -> dict[s
     }
 
 
-def _render(rng: np.random.Generator, stem: str, width: int, height: int) -> tuple[Image.Image, Image.Image]:
-    """One synthetic photo (RGB) and mask (L) for a file name, whose gender/category/view set the outfit."""
+def _render(rng: np.random.Generator, stem: str, width: int, height: int
+            ) -> tuple[Image.Image, Image.Image, _Body, str]:
+    """One synthetic photo (RGB) and mask (L) for a file name, whose gender/category/view set the outfit;
+    the figure and the view, for `_sided_labels`."""
     gender, category = stem.split("-")[:2]
     outfit = _choose_outfit(rng, gender, category, stem.rsplit("_", 1)[1])
     body = _make_body(rng, width, height, gender)
@@ -583,7 +587,33 @@ def _render(rng: np.random.Generator, stem: str, width: int, height: int) -> tup
     _draw_headgear(canvas, rng, body, outfit, fills)
     photo = Image.fromarray(np.clip(canvas.photo, 0, 255).astype(np.uint8))
     # a lens draws no one-pixel hard edges; the mask keeps them, as real annotations do
-    return photo.filter(ImageFilter.GaussianBlur(0.6)), Image.fromarray(canvas.mask)
+    return photo.filter(ImageFilter.GaussianBlur(0.6)), Image.fromarray(canvas.mask), body, outfit.view
+
+
+# LIP's labels for the drawn DF-MM ones: the shipped DF-MM -> LIP map (labels/maps/lip.json) where it has a
+# counterpart; skin and footwear by limb and side (`_sided_labels`); the rest (belt, bag, jewellery, tie,
+# neck and torso skin), which LIP has no label for, unannotated (IGNORE_INDEX).
+def _sided_labels(mask: np.ndarray, body: _Body, view: str, lip: LabelSet) -> np.ndarray:
+    """(H, W) DF-MM ids of a drawn figure -> LIP ids. "left" is the person's own side: the image's right
+    in front and side views, its left in back views."""
+    table = load_label_map("lip").table()                                     # (256,) DF-MM id -> LIP id
+    out = table[mask].astype(np.uint8)                                          # unmapped -> 255
+    height, width = mask.shape
+    # body.arms[i] / legs[i]: i = 0 on the image's left, which is the person's right unless seen from behind
+    person_left = (1, 0) if view == "back" else (0, 1)
+    for kind, chains, ends in (("arm", body.arms, body.hands), ("leg", body.legs, None)):
+        for i, chain in enumerate(chains):
+            layer = Image.new("L", (width, height))
+            shapes = _limb(chain) + (_limb(ends[i], round_end=True) if ends else
+                                     [_ellipse(chain[0][-1][0], chain[0][-1][1] + 0.2 * body.h, 0.17 * body.h, 0.14 * body.h)])
+            _draw(ImageDraw.Draw(layer), shapes)
+            side = "left" if person_left[i] else "right"
+            out[(np.asarray(layer) > 0) & (mask == LABELS.index("skin"))] = lip.index(f"{side}-{kind}")
+    shoes = mask == LABELS.index("footwear")
+    on_left = np.arange(width)[None, :] < body.cx                               # (1, W): the image's left
+    for i, image_side in enumerate((on_left, ~on_left)):
+        out[shoes & image_side] = lip.index(f"{'left' if person_left[i] else 'right'}-shoe")
+    return out
 
 
 def _synthetic_names(rng: np.random.Generator, count: int) -> list[str]:
@@ -630,13 +660,45 @@ def write_synthetic_dataset(out_dir: str | Path, count: int, seed: int = 0, widt
     names = _synthetic_names(rng, count)
     pairs = []
     for stem, child in tqdm(list(zip(names, rng.spawn(count))), desc=f"writing {out_dir}", unit="image"):
-        photo, mask = _render(child, stem, width, height)
+        photo, mask, _, _ = _render(child, stem, width, height)
         pair = Pair(stem, out_dir / "images" / f"{stem}{_IMAGE_SUFFIX}", out_dir / "segm" / f"{stem}{_MASK_SUFFIX}")
         photo.save(pair.image, quality=90)
         mask.save(pair.mask)
         pairs.append(pair)
     return sorted(pairs, key=lambda p: p.stem)
 
+
+
+def write_synthetic_lip(out_dir: str | Path, count: int, seed: int = 0, width: int = 150, height: int = 220,
+                        test_fraction: float = 0.2) -> list[Pair]:
+    """count synthetic pairs in LIP's layout with LIP's 20 labels, as its two archives unpack:
+    TrainVal_images/{train,val}_images/<id>.jpg, TrainVal_parsing_annotations/{train,val}_segmentations/<id>.png,
+    and train_id.txt / val_id.txt; val (LIP's labelled evaluation part) gets test_fraction of them. Photo
+    sizes vary by up to 20% around width x height, as LIP's do. Labels: see `_sided_labels`."""
+    if count < 2 or width < 32 or height < 32:
+        raise ValueError(f"need count >= 2 and a size of at least 32x32, got {count}, {width}x{height}")
+    out_dir, lip = Path(out_dir), load_label_set("lip")
+    rng = np.random.default_rng(seed)
+    names = _synthetic_names(rng, count)
+    n_val = max(1, round(test_fraction * count))
+    pairs, ids = [], {"train": [], "val": []}
+    for k, (stem, child) in enumerate(tqdm(list(zip(names, rng.spawn(count))), desc=f"writing {out_dir}", unit="image")):
+        w, h = (round(side * child.uniform(0.8, 1.2)) for side in (width, height))
+        photo, mask, body, view = _render(child, stem, w, h)
+        part = "val" if k < n_val else "train"
+        lip_id = f"{k + 1}_{int(child.integers(100_000, 1_000_000))}"            # LIP's names: <n>_<id>
+        image_dir = out_dir / "TrainVal_images" / f"{part}_images"
+        mask_dir = out_dir / "TrainVal_parsing_annotations" / f"{part}_segmentations"
+        image_dir.mkdir(parents=True, exist_ok=True)
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        pair = Pair(lip_id, image_dir / f"{lip_id}.jpg", mask_dir / f"{lip_id}.png", "test" if part == "val" else "train")
+        photo.save(pair.image, quality=90)
+        Image.fromarray(_sided_labels(np.asarray(mask), body, view, lip)).save(pair.mask)
+        pairs.append(pair)
+        ids[part].append(lip_id)
+    for part, names_of in ids.items():
+        (out_dir / "TrainVal_images" / f"{part}_id.txt").write_text("".join(f"{n}\n" for n in names_of))
+    return sorted(pairs, key=lambda p: p.stem)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -645,8 +707,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--width", type=int, default=750)
     parser.add_argument("--height", type=int, default=1101)
+    parser.add_argument("--layout", choices=("deepfashion-mm", "lip"), default="deepfashion-mm",
+                        help="deepfashion-mm (default) or lip: LIP's layout and 20 labels")
     args = parser.parse_args(argv)
-    pairs = write_synthetic_dataset(args.out_dir, args.count, args.seed, args.width, args.height)
+    write = write_synthetic_lip if args.layout == "lip" else write_synthetic_dataset
+    pairs = write(args.out_dir, args.count, args.seed, args.width, args.height)
     print(f"{args.out_dir}: wrote {len(pairs)} photo/mask pairs")
     return 0
 

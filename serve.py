@@ -13,14 +13,17 @@ Open http://127.0.0.1:8000/ for the page (app/: upload or drop a photo, or pick 
 
 `POST /api/segment` takes the image's bytes (Content-Type image/* or application/octet-stream) or a
 multipart form with one file. Query: postprocess = a postprocess.METHODS name or none (default
-published), overlay = 1 or 0 (leave the overlay PNG out). The answer is JSON: width, height,
-postprocess, labels (per present label: id, pixels, fraction, as predict.py's <stem>.json),
-label_set (every label's id, name, colour), seconds (time per step), and base64 PNGs: label_map (the
-photo's size, indexed: pixel value = label id, palette = colours), overlay (the photo with the
-colours blended at 50% and a legend) and boundary (grey boundary probability at the model's
-resolution). Errors are JSON {"error": message} with status 400 (not an image, truncated, too small,
-too many pixels), 411, 413 (over --max_upload_mb), 415 (content type), 404, or 503 (queue full,
---time_limit exceeded). `GET /api/info` describes the model, its labels and the limits.
+published), overlay = 1 or 0 (leave the overlay PNG out). The answer is JSON with predict.py's
+<stem>.json keys (width, height, label_set, labels: per present label id, pixels, fraction;
+postprocessed, postprocess; with --label_map also label_map and unmapped), label_names and palette
+(every label's name and colour, by id), seconds (time per step), and three base64 PNGs: label_png
+(the photo's size, indexed: pixel value = label id, 255 = unmapped; its palette is the label colours,
+a colour two labels share nudged by one level so that each id has its own), overlay_png (the photo
+with the colours blended at 50% and a legend, as predict.py's _overlay.jpg) and boundary_png (grey
+boundary probability at the model's resolution). Errors are JSON {"error": message} with status 400
+(not an image, truncated, too small, too many pixels), 411, 413 (over --max_upload_mb), 415 (content
+type), 404, or 503 (queue full, --time_limit exceeded). `GET /api/info` describes the model, its
+labels and the limits. Labels are the checkpoint's own label set, or --label_map's, as in predict.py.
 
 One model sits in memory behind one worker thread; at most --queue_size uploads wait for it (the rest
 get 503 at once) and at most --max_connections connections are open. Uploads are decoded by PIL
@@ -57,7 +60,7 @@ from PIL import Image
 import postprocess
 import predict
 import unet
-from dataset import LABELS, PALETTE
+from dataset import IGNORE_INDEX, LabelMap, load_label_map, shipped_names
 
 APP_DIR = Path(__file__).resolve().parent / "app"
 DEMO_CHECKPOINT = Path("runs/tiny/model.pt")  # where `python run.py` writes its final weights
@@ -102,9 +105,10 @@ class Task:
 class Segmenter:
     """One model in memory, one worker thread running it, at most limits.queue_size tasks waiting."""
 
-    def __init__(self, backend: predict.Backend, limits: Limits, labels=LABELS, palette=PALETTE) -> None:
-        self.backend, self.limits = backend, limits
-        self.labels, self.palette = tuple(labels), np.asarray(palette, dtype=np.uint8)  # (L,), (L, 3)
+    def __init__(self, backend: predict.Backend, limits: Limits, mapping: LabelMap | None = None) -> None:
+        self.backend, self.limits, self.mapping = backend, limits, mapping
+        self.label_set = mapping.target if mapping else backend.label_set  # what the answers' ids mean
+        self.colours = distinct_colours(self.label_set.colours)  # (256, 3) uint8, by id
         self.slots = threading.BoundedSemaphore(limits.queue_size + 1)
         self.tasks: queue.Queue[Task | None] = queue.Queue()
         self.worker = threading.Thread(target=self._work, name="model", daemon=True)
@@ -167,23 +171,49 @@ class Segmenter:
         lap("decode")
         probs, boundary = predict.predict_batch(self.backend.forward, model_input[None], [valid_hw])[0]
         lap("model")
-        labels = predict.label_map(probs, boundary, photo.size, task.method)  # (H, W) uint8 ids
+        labels = predict.label_map(probs, boundary, photo.size, task.method)  # (H, W) uint8, the model's ids
+        if self.mapping:
+            labels = self.mapping.apply(labels)  # the mapped set's ids, IGNORE_INDEX where unmapped
         lap("postprocess")
-        counts = np.bincount(labels.ravel(), minlength=len(self.labels))  # (L,)
-        pixels = {label: int(n) for label, n in enumerate(counts) if n}
-        answer = {
-            "width": photo.width, "height": photo.height, "postprocess": task.method,
-            "labels": {self.labels[k]: {"id": k, "pixels": n, "fraction": n / labels.size} for k, n in pixels.items()},
-            "label_set": [{"id": k, "name": name, "color": self.palette[k].tolist()}
-                          for k, name in enumerate(self.labels)],
-            "label_map": png_base64(indexed(labels, self.palette)),
-            "boundary": png_base64(Image.fromarray(np.rint(boundary * 255).astype(np.uint8))),
-        }
+        answer = self.summary(labels, photo.size, task.method)
+        answer["label_png"] = png_base64(indexed(labels, self.colours))
+        answer["boundary_png"] = png_base64(Image.fromarray(np.rint(boundary * 255).astype(np.uint8)))
         if task.with_overlay:
-            answer["overlay"] = png_base64(predict.overlay(photo, labels, pixels))
+            pixels = {v["id"]: v["pixels"] for v in answer["labels"].values()}
+            answer["overlay_png"] = png_base64(predict.overlay(photo, labels, pixels, self.label_set))
         lap("encode")
         answer["seconds"] = seconds
         return answer
+
+
+    def summary(self, labels: np.ndarray, size: tuple[int, int], method: str) -> dict:
+        """predict.py's <stem>.json for (H, W) label ids, without "file", plus every label's name and colour."""
+        names = self.label_set.labels
+        counts = np.bincount(labels.ravel(), minlength=256)  # (256,)
+        answer = {"width": size[0], "height": size[1], "label_set": self.label_set.name,
+                  "labels": {names[k]: {"id": k, "pixels": int(n), "fraction": int(n) / labels.size}
+                             for k, n in enumerate(counts[:len(names)]) if n},
+                  "postprocessed": method != "none", "postprocess": method,
+                  "label_names": list(names), "palette": self.colours[:len(names)].tolist()}
+        if self.mapping:
+            unmapped = int(counts[IGNORE_INDEX])
+            answer |= {"label_map": self.mapping.name, "unmapped": {
+                "id": IGNORE_INDEX, "pixels": unmapped, "fraction": unmapped / labels.size,
+                "color": self.colours[IGNORE_INDEX].tolist()}}
+        return answer
+
+
+def distinct_colours(colours: np.ndarray) -> np.ndarray:
+    """(L, 3) label colours -> (256, 3) by id: each label's, a repeat nudged in blue until it is its own
+    (so the page reads ids back from colours), and for IGNORE_INDEX (unmapped) black unless taken."""
+    table, seen = np.zeros((256, 3), np.uint8), set()
+    for i in [*range(len(colours)), IGNORE_INDEX]:
+        colour = tuple(colours[i].tolist()) if i < len(colours) else (0, 0, 0)
+        while colour in seen:
+            colour = (*colour[:2], (colour[2] + 1) % 256)
+        seen.add(colour)
+        table[i] = colour
+    return table
 
 
 def check_shape(width: int, height: int) -> None:
@@ -445,9 +475,10 @@ class Handler(BaseHTTPRequestHandler):
 # ---------------------------------------------------------------------------------- start, bench
 
 def model_info(checkpoint: Path, backend: predict.Backend, segmenter: Segmenter) -> dict:
-    limits = segmenter.limits
-    return {"model": checkpoint.name, "image_size": backend.image_size,
-            "labels": [{"id": k, "name": n, "color": segmenter.palette[k].tolist()} for k, n in enumerate(segmenter.labels)],
+    limits, label_set = segmenter.limits, segmenter.label_set
+    return {"model": checkpoint.name, "image_size": backend.image_size, "label_set": label_set.name,
+            "label_map": segmenter.mapping.name if segmenter.mapping else None,
+            "labels": [{"id": k, "name": n, "color": segmenter.colours[k].tolist()} for k, n in enumerate(label_set.labels)],
             "postprocess": [*postprocess.METHODS, "none"], "default_postprocess": "published",
             "samples": sorted(p for p in static_files(APP_DIR) if p.startswith("/samples/")),
             "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels, "min_side": MIN_SIDE,
@@ -455,10 +486,12 @@ def model_info(checkpoint: Path, backend: predict.Backend, segmenter: Segmenter)
 
 
 def start(checkpoint: Path, limits: Limits, host: str = "127.0.0.1", port: int = 0, device: str = "auto",
-          precision: str = "auto") -> Server:
-    """Load the model and bind the server (port 0: any free port); serve_forever() serves."""
+          precision: str = "auto", label_map: str | None = None) -> Server:
+    """Load the model (and the label map, a name or file as predict.py --label_map takes) and bind the
+    server (port 0: any free port); serve_forever() serves."""
     backend = predict.load_backend(checkpoint, device, precision)
-    segmenter = Segmenter(backend, limits)
+    mapping = load_label_map(label_map, backend.label_set) if label_map else None
+    segmenter = Segmenter(backend, limits, mapping)
     return Server((host, port), segmenter, model_info(checkpoint, backend, segmenter))
 
 
@@ -516,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--precision", choices=unet.PRECISIONS, default="auto",
                         help="autocast dtype for a PyTorch checkpoint, as predict.py (default: auto)")
+    parser.add_argument("--label_map", metavar="NAME|FILE",
+                        help="answer in a mapped label set, as predict.py --label_map: a shipped map ("
+                             + ", ".join(shipped_names("maps")) + ") or a map file; unmapped pixels are 255")
     parser.add_argument("--max_upload_mb", type=float, default=default.max_bytes / 2**20,
                         help="larger uploads get 413 (default: %(default)g)")
     parser.add_argument("--max_pixels", type=int, default=default.max_pixels,
@@ -547,8 +583,8 @@ def main(argv: list[str] | None = None) -> int:
                     queue_size=args.queue_size, time_limit=args.time_limit, max_connections=args.max_connections)
     try:
         server = start(checkpoint, limits, *(("127.0.0.1", 0) if args.bench else (args.host, args.port)),
-                       args.device, args.precision)
-    except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError is a ValueError
+                       args.device, args.precision, args.label_map)
+    except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError and dataset.DataError are ValueErrors
         parser.error(str(err))
     except OSError as err:
         parser.error(f"cannot listen on {args.host}:{args.port} ({err.strerror or err})")

@@ -35,7 +35,9 @@ async function start() {
     return;
   }
   const lim = info.limits;
-  $("model").textContent = `Model ${info.model}: ${info.labels.length} labels, photos scaled to ${info.image_size} px.`;
+  const mapped = info.label_map ? `, mapped by ${info.label_map}` : "";
+  $("model").textContent = `Model ${info.model}: ${info.labels.length} labels (${info.label_set}${mapped}), ` +
+    `photos scaled to ${info.image_size} px.`;
   $("limits").textContent = `JPEG, PNG or WebP, any size up to ${mb(lim.max_bytes)} MB and ` +
     `${Math.round(lim.max_pixels / 1e6)} megapixels.`;
   for (const method of info.postprocess) {
@@ -69,6 +71,7 @@ async function start() {
 }
 
 async function useSample(url) {
+  setState("busy");
   try {
     const response = await fetch(url);
     if (!response.ok) throw new Error(`status ${response.status}`);
@@ -76,18 +79,24 @@ async function useSample(url) {
     usePhoto(new File([blob], url.split("/").pop(), { type: blob.type }));
   } catch (err) {
     say(`Could not load the sample ${url} (${err.message}).`);
+    setState("error");
   }
+}
+
+function refuse(text) {
+  say(text);
+  setState("error");
 }
 
 function usePhoto(file) {
   if (!file) return;
   const lim = info.limits;
   if (file.type && !file.type.startsWith("image/")) {
-    return say(`${file.name} is not an image (${file.type}): choose a JPEG, PNG or WebP photo.`);
+    return refuse(`${file.name} is not an image (${file.type}): choose a JPEG, PNG or WebP photo.`);
   }
-  if (file.size === 0) return say(`${file.name} is empty.`);
+  if (file.size === 0) return refuse(`${file.name} is empty.`);
   if (file.size > lim.max_bytes) {
-    return say(`${file.name} is ${mb(file.size)} MB, too large: the limit is ${mb(lim.max_bytes)} MB.`);
+    return refuse(`${file.name} is ${mb(file.size)} MB, too large: the limit is ${mb(lim.max_bytes)} MB.`);
   }
   if (photo) URL.revokeObjectURL(photo.url);
   photo = { file, stem: file.name.replace(/\.[^.]*$/, "") || "photo", url: URL.createObjectURL(file) };
@@ -141,21 +150,23 @@ function loadImage(src) {
 
 async function show(result) {
   const mine = asked;
-  const labels = await loadImage(`data:image/png;base64,${result.label_map}`);
+  const labels = await loadImage(`data:image/png;base64,${result.label_png}`);
   if (mine !== asked) return;
   const { width: W, height: H } = result;
   const canvas = Object.assign(document.createElement("canvas"), { width: W, height: H });
   const context = canvas.getContext("2d", { willReadFrequently: true });
   context.drawImage(labels, 0, 0);
   const rgba = context.getImageData(0, 0, W, H).data;
-  const byColour = new Map(result.label_set.map((l) => [colourKey(...l.color), l.id]));
+  // the server gives every id its own colour (255: a pixel the label map leaves unmapped)
+  const byColour = new Map(result.palette.map((colour, id) => [colourKey(...colour), id]));
+  if (result.unmapped) byColour.set(colourKey(...result.unmapped.color), 255);
   ids = new Uint8Array(W * H);
-  for (let i = 0; i < ids.length; i++) ids[i] = byColour.get(colourKey(rgba[4 * i], rgba[4 * i + 1], rgba[4 * i + 2])) ?? 0;
+  for (let i = 0; i < ids.length; i++) ids[i] = byColour.get(colourKey(rgba[4 * i], rgba[4 * i + 1], rgba[4 * i + 2])) ?? 255;
   answer = result;
   const overlay = $("overlay");
   overlay.width = W;
   overlay.height = H;
-  $("boundary").src = `data:image/png;base64,${result.boundary}`;
+  $("boundary").src = `data:image/png;base64,${result.boundary_png}`;
   say("");
   await ensurePhoto(W, H);
   hidden.clear();
@@ -201,11 +212,18 @@ function fillLegend() {
     pick.addEventListener("change", () => { pick.checked ? cut.add(id) : cut.delete(id); });
     const swatch = document.createElement("span");
     swatch.className = "swatch";
-    swatch.style.background = `rgb(${answer.label_set[id].color.join(",")})`;
+    swatch.style.background = `rgb(${answer.palette[id].join(",")})`;
     row.insertCell().append(show);
     row.insertCell().append(swatch, name);
     Object.assign(row.insertCell(), { className: "area", textContent: `${(100 * fraction).toFixed(1)}%` });
     row.insertCell().append(pick);
+  }
+  if (answer.unmapped && answer.unmapped.pixels) {  // with the server's --label_map
+    const row = body.insertRow();
+    row.insertCell();
+    row.insertCell().textContent = `no ${answer.label_set} counterpart (photo shown)`;
+    Object.assign(row.insertCell(), { className: "area", textContent: `${(100 * answer.unmapped.fraction).toFixed(1)}%` });
+    row.insertCell();
   }
 }
 
@@ -213,7 +231,7 @@ function drawOverlay() {
   const overlay = $("overlay");
   const context = overlay.getContext("2d");
   const image = context.createImageData(overlay.width, overlay.height);
-  const colours = answer.label_set.map((l) => (hidden.has(l.id) ? null : l.color));
+  const colours = answer.palette.map((colour, id) => (hidden.has(id) ? null : colour));  // ids 255: none
   const data = image.data;
   for (let i = 0; i < ids.length; i++) {
     const colour = colours[ids[i]];
@@ -236,12 +254,12 @@ function setView() {
 }
 
 function setDownloads() {
-  const bytes = Uint8Array.from(atob(answer.label_map), (c) => c.charCodeAt(0));
+  const bytes = Uint8Array.from(atob(answer.label_png), (c) => c.charCodeAt(0));
   const link = $("labelpng");
   if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
   link.href = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
   link.download = `${photo.stem}_labels.png`;
-  const { label_map, boundary, overlay, ...summary } = answer;
+  const { label_png, boundary_png, overlay_png, ...summary } = answer;  // predict.py's <stem>.json and more
   const json = $("json");
   if (json.href.startsWith("blob:")) URL.revokeObjectURL(json.href);
   json.href = URL.createObjectURL(new Blob([JSON.stringify({ file: photo.file.name, ...summary }, null, 2)],
@@ -251,7 +269,7 @@ function setDownloads() {
 
 function downloadCutout() {
   if (!answer) return;
-  if (cut.size === 0 || ![...cut].some((id) => answer.label_set[id].name in answer.labels)) {
+  if (cut.size === 0 || ![...cut].some((id) => answer.label_names[id] in answer.labels)) {
     return say("Tick at least one label under \u201ccut out\u201d first.", "info");
   }
   const { width: W, height: H } = answer;

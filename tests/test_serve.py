@@ -22,7 +22,7 @@ from PIL import Image
 import predict
 import serve
 import unet
-from dataset import LABELS, NUM_LABELS
+from dataset import LABELS, NUM_LABELS, PALETTE, load_label_map, load_label_set
 
 PROJECT = Path(__file__).resolve().parents[1]
 SAMPLE = PROJECT / "app" / "samples" / "dress.jpg"
@@ -138,19 +138,21 @@ def test_a_photo_gives_a_label_map_of_its_size(server):
     assert status == 200
     size = Image.open(SAMPLE).size
     assert (answer["width"], answer["height"]) == size
-    labels = png(answer["label_map"])
+    labels = png(answer["label_png"])
     assert labels.mode == "P" and labels.size == size
     ids = np.asarray(labels)
     assert ids.max() < NUM_LABELS
     assert {LABELS[k] for k in np.unique(ids)} == set(answer["labels"])
     assert sum(v["pixels"] for v in answer["labels"].values()) == size[0] * size[1]
     assert all(LABELS[v["id"]] == name for name, v in answer["labels"].items())
-    assert [l["name"] for l in answer["label_set"]] == list(LABELS)
+    assert answer["label_names"] == list(LABELS) and answer["label_set"] == "deepfashion-mm"
     # the label map's palette is the label set's colours: a PNG viewer shows what the page shows
-    assert labels.getpalette()[:3 * NUM_LABELS] == [c for l in answer["label_set"] for c in l["color"]]
-    overlay = png(answer["overlay"])
+    assert answer["palette"] == PALETTE.tolist()
+    assert labels.getpalette()[:3 * NUM_LABELS] == PALETTE.ravel().tolist()
+    assert answer["postprocessed"] is True and "unmapped" not in answer
+    overlay = png(answer["overlay_png"])
     assert overlay.size == size and overlay.mode == "RGB"
-    boundary = png(answer["boundary"])
+    boundary = png(answer["boundary_png"])
     assert boundary.mode == "L" and min(boundary.size) == 64  # the model's resolution
     assert answer["postprocess"] == "published" and set(answer["seconds"]) == {"decode", "model", "postprocess", "encode"}
 
@@ -162,8 +164,8 @@ def test_the_answer_matches_predict_py(server, checkpoint):
     photo = predict.load_photo(SAMPLE)
     model_input, valid_hw = predict.prepare_input(photo, backend)
     probs, boundary = predict.predict_batch(backend.forward, model_input[None], [valid_hw])[0]
-    np.testing.assert_array_equal(np.asarray(png(answer["label_map"])), predict.label_map(probs, boundary, photo.size, "none"))
-    assert "overlay" not in answer and answer["postprocess"] == "none"
+    np.testing.assert_array_equal(np.asarray(png(answer["label_png"])), predict.label_map(probs, boundary, photo.size, "none"))
+    assert "overlay_png" not in answer and answer["postprocess"] == "none" and answer["postprocessed"] is False
 
 
 @pytest.mark.parametrize("kind", ["exif-rotated jpeg", "rgba png", "webp", "multipart", "octet-stream"])
@@ -187,7 +189,7 @@ def test_formats_and_ways_of_sending(server, kind):
         content_type = f"multipart/form-data; boundary={boundary}"
     status, answer = segment(server.port, data, content_type)
     assert status == 200, answer
-    assert (answer["width"], answer["height"]) == size == png(answer["label_map"]).size
+    assert (answer["width"], answer["height"]) == size == png(answer["label_png"]).size
 
 
 def test_postprocess_choice(server):
@@ -430,6 +432,68 @@ def test_connections_are_bounded(slow_server):
     while time.monotonic() < deadline and call(port, "GET", "/api/info")[0] != 200:
         time.sleep(0.1)
     assert call(port, "GET", "/api/info")[0] == 200
+
+
+# ---------------------------------------------------------------------------------- label sets
+
+def _serve_in_thread(checkpoint: Path, label_map: str | None = None):
+    server = serve.start(checkpoint, serve.Limits(), port=0, label_map=label_map)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _stop(server) -> None:
+    server.shutdown()
+    server.segmenter.stop()
+    server.server_close()
+
+
+def test_a_label_map_answers_in_the_mapped_set(checkpoint):
+    server = _serve_in_thread(checkpoint, "atr")
+    try:
+        port = server.server_address[1]
+        status, answer = segment(port, SAMPLE.read_bytes(), query="?postprocess=none")
+        info = json.loads(call(port, "GET", "/api/info")[2])
+    finally:
+        _stop(server)
+    mapping = load_label_map("atr")
+    assert status == 200 and answer["label_map"] == mapping.name == info["label_map"]
+    assert answer["label_names"] == list(mapping.target.labels) == [l["name"] for l in info["labels"]]
+    assert answer["label_set"] == mapping.target.name == info["label_set"]
+    ids = np.asarray(png(answer["label_png"]))
+    backend = predict.load_backend(checkpoint, "cpu")
+    photo = predict.load_photo(SAMPLE)
+    model_input, valid_hw = predict.prepare_input(photo, backend)
+    probs, boundary = predict.predict_batch(backend.forward, model_input[None], [valid_hw])[0]
+    np.testing.assert_array_equal(ids, mapping.apply(predict.label_map(probs, boundary, photo.size, "none")))
+    assert answer["unmapped"]["pixels"] == int((ids == 255).sum()) > 0  # the untrained model uses every label
+    assert sum(v["pixels"] for v in answer["labels"].values()) + answer["unmapped"]["pixels"] == ids.size
+    colours = {tuple(c) for c in answer["palette"]} | {tuple(answer["unmapped"]["color"])}
+    assert len(colours) == len(answer["palette"]) + 1  # the page reads ids back from colours
+    assert png(answer["overlay_png"]).size == photo.size
+
+
+def test_the_checkpoints_own_label_set_names_the_answer(tmp_path):
+    lip = load_label_set("lip")
+    model = unet.UNet(dataclasses.replace(unet.PRESETS["tiny"], image_size=64, num_labels=len(lip)), lip)
+    path = tmp_path / "lip.pt"
+    torch.save(unet.model_checkpoint(model), path)
+    server = _serve_in_thread(path)
+    try:
+        status, answer = segment(server.server_address[1], SAMPLE.read_bytes())
+    finally:
+        _stop(server)
+    assert status == 200 and answer["label_names"] == list(lip.labels) and answer["label_set"] == lip.name
+    assert np.asarray(png(answer["label_png"])).max() < len(lip)
+    assert set(answer["labels"]) <= set(lip.labels)
+    with pytest.raises(ValueError, match="maps from label set"):  # a DF-MM map cannot take LIP's ids
+        serve.start(path, serve.Limits(), port=0, label_map="u2net")
+
+
+def test_distinct_colours():
+    table = serve.distinct_colours(np.array([[1, 2, 3], [1, 2, 3], [0, 0, 0]], np.uint8))
+    assert table[:3].tolist() == [[1, 2, 3], [1, 2, 4], [0, 0, 0]] and table[255].tolist() == [0, 0, 1]
+    assert serve.distinct_colours(PALETTE)[:NUM_LABELS].tolist() == PALETTE.tolist()
 
 
 # ---------------------------------------------------------------------------------- pieces

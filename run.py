@@ -14,8 +14,9 @@ continues it as if it had never stopped.
 
 Every flag comes from a field of `TrainConfig` (or losses.LossConfig), where its default is
 written once. Outputs in --output_dir: checkpoints/step-*.pt (the last --checkpoints_total_limit),
-best.pt (best validation mIoU), the final weights --output_file_name, config.json and
-tensorboard/.
+best.pt (best validation mIoU), the final weights --output_file_name, config.json and the
+TensorBoard event files (in --output_dir itself, so `tensorboard --logdir` on the folder above shows
+one run per stage, named by its folder). With --resume, a stage that has finished is left alone.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -36,16 +38,20 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
-from dataset import (DEFAULT_LABELS, LAYOUTS, EmptySplitError, FashionDataset, LabelSet, colorize, get_layout,
+import postprocess
+from dataset import (DEFAULT_LABELS, LAYOUTS, EmptySplitError, FashionDataset, LabelSet, get_layout,
                      load_label_set, prepare_batch, shipped_names)
-from evaluate import confusion_matrix, mean_iou, pixel_accuracy
+from evaluate import (BOUNDARY_THRESHOLD, boundary_counts, boundary_f_score, confusion_matrix, draw_panel,
+                      iou_per_label, mean_iou, pixel_accuracy, subject_accuracy)
 from losses import LossConfig, resolve_class_weights, segmentation_loss
 from synthetic import write_synthetic_dataset
 from unet import (LEVELS, PRECISIONS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention,
@@ -54,6 +60,11 @@ from unet import (LEVELS, PRECISIONS, PRESETS, CheckpointError, UNet, UNetConfig
 
 log = logging.getLogger("run")
 SYNTHETIC_DIR = "data/synthetic"
+# Local attention costs most in the shallow, high-resolution levels; the paper keeps it to the three
+# deepest at 512x512, the levels whose maps are at most this wide.
+LOCAL_ATTENTION_MAX_SIDE = 128
+# The post-processing in the validation panel: evaluate.py's default, the released algorithm.
+VAL_POSTPROCESS = "published"
 
 
 def arg(default, help: str, **kwargs):
@@ -96,7 +107,9 @@ class TrainConfig:
     model_use_local_attention: bool = arg(False, "train everything with local attention on "
                                                  "(added where the model lacks it)")
     local_attention_levels: tuple[int, ...] = arg((), "decoder levels for local attention, 0 = full "
-                                                      "resolution (default: every level)")
+                                                      "resolution, 4 the deepest (default: the levels at most "
+                                                      f"{LOCAL_ATTENTION_MAX_SIDE} px wide at the model's size: "
+                                                      "2 3 4 at 512, as the paper suggests; all at 128)")
     # optimisation
     epochs: float = arg(12.0, "passes over the training images (fractions allowed)")
     max_steps: int = arg(0, "stop after this many optimizer steps (0 = run --epochs)")
@@ -288,7 +301,7 @@ def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
                  labels.name, len(labels), model.label_set.name, len(model.label_set))
         new_label_head(model, labels)
     model.label_set = labels   # the same names; this run's palette
-    levels = cfg.local_attention_levels or tuple(range(LEVELS))
+    levels = cfg.local_attention_levels or default_local_attention_levels(config)
     if cfg.upgrade_bottleneck:
         return swap_bottleneck(model), "bottleneck"
     if cfg.upgrade_local_attention:
@@ -305,6 +318,12 @@ def run_label_set(cfg: TrainConfig, checkpoint: LabelSet | None = None) -> Label
     if cfg.labels or layout.labels or checkpoint is None:
         return load_label_set(cfg.labels or layout.labels)
     return checkpoint
+
+
+def default_local_attention_levels(config: UNetConfig) -> tuple[int, ...]:
+    """The decoder levels (0 = full resolution) whose maps are at most LOCAL_ATTENTION_MAX_SIDE pixels
+    wide at the model's training size: (2, 3, 4) for the 512 presets, every level at 128."""
+    return tuple(level for level in range(LEVELS) if config.image_size >> level <= LOCAL_ATTENTION_MAX_SIDE)
 
 
 def make_optimizer(model: UNet, stage: str, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -373,9 +392,10 @@ def weights_payload(model, cfg: TrainConfig, stage: str, step: int, metrics: dic
 
 
 def training_state(model, optimizer, scaler, cfg: TrainConfig, stage: str, step: int, epoch: int,
-                   epoch_images: int, step_images: int, best: float) -> dict:
-    """Everything needed to continue the run exactly; plain data for weights_only loading."""
-    return {**weights_payload(model, cfg, stage, step, {}),
+                   epoch_images: int, step_images: int, best: float, metrics: dict) -> dict:
+    """Everything needed to continue the run exactly, and the last validation figures (which a resumed
+    run hands on to its final weights); plain data for weights_only loading."""
+    return {**weights_payload(model, cfg, stage, step, metrics),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
             "epoch_images": epoch_images, "step_images": step_images, "best_miou": best,
             "rng": {"torch": torch.get_rng_state()}}
@@ -386,6 +406,7 @@ def save_step_checkpoint(state: dict, output_dir: Path, limit: int) -> Path:
     save_atomic(state, path)
     for old in step_checkpoints(output_dir)[:-limit]:   # only after the new one is safely written
         old.write_bytes(b"")    # cut first: Google Drive keeps deleted files in its trash at full size
+        # (best.pt and the final weights are replaced by a rename, without the cut)
         old.unlink()
     return path
 
@@ -441,36 +462,56 @@ def to_device(batch: dict, model, device: torch.device) -> tuple[torch.Tensor, .
 
 @torch.no_grad()
 def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.device, autocast,
-             d: Dist = Dist()) -> tuple[dict[str, float], torch.Tensor | None]:
-    """Validation loss, pixel accuracy and mIoU over the whole set (each process scores its
-    share; the sums are added up); a (3, H, W) uint8 panel from the first images."""
+             d: Dist = Dist()) -> tuple[dict, np.ndarray | None]:
+    """Validation figures over the whole set, each process scoring its share and the sums added up:
+    the loss and its parts (per image), and from the summed counts pixel and subject accuracy,
+    per-label IoU, mIoU and the boundary F-score (as evaluate.py computes them). On rank 0 also an
+    (H, W, 3) uint8 panel of the first --val_panels images (evaluate.draw_panel)."""
     model.eval()
     mine = list(range(d.rank, len(dataset), d.world))
     batches = [mine[i:i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
-    num_labels = unwrap(model).config.num_labels
+    label_set = unwrap(model).label_set
+    num_labels = len(label_set)
     cm = torch.zeros(num_labels, num_labels, dtype=torch.int64, device=device)
-    loss_sum, rows = torch.zeros((), device=device, dtype=torch.float64), []
+    # segmentation_loss's parts; a fixed list, as a process without images adds its zeros too
+    names = ["ce", "boundary", *(["dice"] if cfg.loss.dice_weight > 0 else []), "total"]
+    losses = torch.zeros(len(names), device=device, dtype=torch.float64)
+    edges = np.zeros(4, dtype=np.int64)   # evaluate.boundary_counts, summed
+    rows = []
     for batch in make_loader(dataset, cfg, batches, device):
         image, mask, boundary = to_device(batch, model, device)
         with autocast:
             out = model(image)
-            loss, _ = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, cfg.loss)
-        loss_sum += loss.double() * len(image)
+            _, parts = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, cfg.loss)
+        losses += torch.stack([parts[k].double() for k in names]) * len(image)
         pred = out.mask_logits.argmax(1)                                   # (B, H, W)
         cm += confusion_matrix(pred, mask, num_labels)
-        if len(rows) < cfg.val_panels:
-            rows += panel_rows(batch["image"], mask, pred, out.boundary_logits)[:cfg.val_panels - len(rows)]
+        edge_probs = out.boundary_logits.float().sigmoid().cpu()           # (B, H, W)
+        for predicted, true in zip((edge_probs >= BOUNDARY_THRESHOLD).numpy(), (boundary.cpu() > 0).numpy()):
+            edges += boundary_counts(predicted, true)
+        if d.main and len(rows) < cfg.val_panels:
+            rows += panel_rows(batch["image"], mask, out, cfg.val_panels - len(rows))
     model.train()
-    cm, loss_sum = all_sum(cm, d).cpu(), all_sum(loss_sum, d).item()
-    metrics = {"loss": loss_sum / len(dataset), "pixel_accuracy": pixel_accuracy(cm), "mIoU": mean_iou(cm)}
-    return metrics, torch.cat(rows, dim=1) if rows else None
+    cm = all_sum(cm, d).cpu()
+    losses = all_sum(losses, d).cpu() / len(dataset)
+    edges = all_sum(torch.from_numpy(edges).to(device), d).cpu().numpy()
+    metrics = {("loss" if k == "total" else f"loss_{k}"): v for k, v in zip(names, losses.tolist())}
+    metrics |= {"pixel_accuracy": pixel_accuracy(cm), "subject_accuracy": subject_accuracy(cm), "mIoU": mean_iou(cm),
+                "boundary_f_score": boundary_f_score(edges), "IoU": dict(zip(label_set.labels, iou_per_label(cm).tolist()))}
+    return metrics, np.asarray(draw_panel(rows, label_set)) if rows else None
 
 
-def panel_rows(image, mask, pred, boundary_logits) -> list[torch.Tensor]:
-    """Per image a (3, H, 4W) uint8 row: input (the uint8 sample) | ground truth | prediction | boundary."""
-    edge = (boundary_logits.float().sigmoid().cpu() * 255).to(torch.uint8)[:, None].expand(-1, 3, -1, -1)
-    row = torch.cat([image, colorize(mask.cpu()), colorize(pred.cpu()), edge], dim=3)
-    return list(row)
+def panel_rows(image: torch.Tensor, mask: torch.Tensor, out, count: int) -> list[tuple]:
+    """evaluate.draw_panel rows for the first `count` images of a batch: the uint8 sample, and as
+    columns the truth, the argmax, the VAL_POSTPROCESS post-processing and the boundary probability."""
+    rows = []
+    for i in range(min(count, len(image))):
+        probs = out.mask_logits[i].float().softmax(0).cpu().numpy()       # (L, H, W)
+        edge = out.boundary_logits[i].float().sigmoid().cpu().numpy()     # (H, W)
+        maps = {"truth": mask[i].cpu().numpy(), "prediction": probs.argmax(0),
+                "post-processed": postprocess.run(VAL_POSTPROCESS, probs, edge)}
+        rows.append((image[i].permute(1, 2, 0).numpy(), maps, edge))
+    return rows
 
 
 # ---- the training loop -------------------------------------------------------------------------
@@ -567,25 +608,31 @@ def train(cfg: TrainConfig) -> Path:
     # tiny preset's first steps), each a bad step; 2^11 was the first to fit
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, enabled=dtype == torch.float16)
     step_images = cfg.batch_size * cfg.gradient_accumulation_steps * d.world
-    step, epoch, epoch_images, best = 0, 0, 0, -1.0
+    step, epoch, epoch_images, best, metrics = 0, 0, 0, -1.0, {}
     if ckpt:
         load_training_state(ckpt, optimizer, scaler, device)
         step, epoch, epoch_images, best = ckpt["step"], ckpt["epoch"], ckpt["epoch_images"], ckpt["best_miou"]
+        metrics = ckpt["val"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         warn_if_changed(ckpt, cfg, step_images)
 
     train_set, val_set = make_datasets(cfg, model, d)
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(train_set) / step_images))
+    final = output_dir / cfg.output_file_name
+    if finished(cfg, ckpt, total_steps, final):
+        if d.world > 1:
+            dist.destroy_process_group()
+        return final
     net = DistributedDataParallel(model) if d.world > 1 else model
     net = torch.compile(net) if cfg.compile else net
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     trained = [p for p in model.parameters() if p.requires_grad]
-    writer = start_logging(cfg, model, stage, output_dir) if d.main else None
+    writer = start_logging(cfg, model, stage, output_dir, step) if d.main else None
     log.info("%s: %d training / %d validation images, stage %r (%.2f M trained parameters), "
              "%d steps of %d images on %s x %d", cfg.data_dir, len(train_set), len(val_set or []), stage,
              sum(p.numel() for p in trained) / 1e6, total_steps, step_images, device, d.world)
 
-    stop, bad_steps, metrics = StopRequest(), 0, {}
+    stop, bad_steps = StopRequest(), 0
     bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, disable=not d.main)
     while step < total_steps:
         train_set.set_epoch(epoch)
@@ -637,16 +684,17 @@ def train(cfg: TrainConfig) -> Path:
                     metrics, panel = validate(model, val_set, cfg, device, autocast, d)   # eager: no graph for eval
                     best = on_rank0(lambda: log_validation(writer, metrics, panel, step, best, model, cfg, stage,
                                                            output_dir), d, device)
+                if d.main:
+                    writer.flush()   # what a resume would not write again is on disk before the checkpoint
                 on_rank0(lambda: save_step_checkpoint(
-                    training_state(model, optimizer, scaler, cfg, stage, step, epoch, epoch_images, step_images, best),
-                    output_dir, cfg.checkpoints_total_limit), d, device)
+                    training_state(model, optimizer, scaler, cfg, stage, step, epoch, epoch_images, step_images, best,
+                                   metrics), output_dir, cfg.checkpoints_total_limit), d, device)
             if stopping:
                 raise SystemExit(f"stopped by a signal at step {step}; continue with --resume latest")
         else:
             epoch, epoch_images = epoch + 1, 0
     bar.close()
 
-    final = output_dir / cfg.output_file_name
     on_rank0(lambda: save_atomic(weights_payload(model, cfg, stage, step, metrics), final), d, device)
     if d.main:
         writer.close()
@@ -659,22 +707,56 @@ def train(cfg: TrainConfig) -> Path:
     return final
 
 
-def start_logging(cfg: TrainConfig, model: UNet, stage: str, output_dir: Path) -> SummaryWriter:
-    """config.json and the TensorBoard writer; fails early when the folder is not writable."""
+def finished(cfg: TrainConfig, ckpt: dict | None, total_steps: int, final: Path) -> bool:
+    """With --resume: True (and says so) when the stage has finished, its final weights in place and its
+    newest checkpoint (or, none left, the final weights) at the last step; nothing is then written."""
+    if not cfg.resume or not final.is_file():
+        return False
+    step = ckpt["step"] if ckpt else read_checkpoint(final)["step"]
+    if step < total_steps:
+        return False
+    log.info("%s: this stage has finished (step %d of %d); %s and its validation figures stay as they are. "
+             "Nothing to do (to train it again, give a new --output_dir)", cfg.output_dir, step, total_steps, final)
+    return True
+
+
+def start_logging(cfg: TrainConfig, model: UNet, stage: str, output_dir: Path, step: int) -> SummaryWriter:
+    """config.json and the TensorBoard writer (fails early when the folder is not writable). Events are
+    written from step + 1 on: readers drop whatever an earlier, interrupted run logged from there, so a
+    resumed run shows each step once. A fresh run (step 0) logs its configuration, as a text panel and
+    as hparams, and drops everything earlier in the folder."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.json").write_text(json.dumps(
-        {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.config), "stage": stage}, indent=2))
-    return SummaryWriter(str(output_dir / "tensorboard"))
+    config = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.config), "stage": stage}
+    (output_dir / "config.json").write_text(json.dumps(config, indent=2))
+    writer = SummaryWriter(str(output_dir), purge_step=step + 1 if step else 0)
+    if not step:
+        text = json.dumps(config, indent=2)
+        writer.add_text("config", "    " + text.replace("\n", "\n    "), 0)   # indented: Markdown code
+        flat = {"stage": stage, **{f"model.{k}": v for k, v in config["model"].items()},
+                **{k: v for k, v in config["train"].items() if k != "loss"},
+                **{f"loss.{k}": v for k, v in config["train"]["loss"].items()}}
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in flat.items()}
+        metrics = dict.fromkeys(f"val/{k}" for k in ("mIoU", "pixel_accuracy", "subject_accuracy",
+                                                     "boundary_f_score", "loss"))
+        for summary in hparams_summary(hparams, metrics):   # in this run, not add_hparams' own sub-run
+            writer.file_writer.add_summary(summary, 0)
+    return writer
 
 
 def log_validation(writer: SummaryWriter, metrics: dict, panel, step: int, best: float, model: UNet,
                    cfg: TrainConfig, stage: str, output_dir: Path) -> float:
-    """TensorBoard scalars and panel, a console line, and best.pt when mIoU improved."""
+    """TensorBoard scalars (val/..., per-label IoU as val_iou/<label>) and panel, a console line, and
+    best.pt when mIoU improved."""
     for k, v in metrics.items():
-        writer.add_scalar(f"val/{k}", v, step)
+        if k != "IoU":
+            writer.add_scalar(f"val/{k}", v, step)
+    for label, iou in metrics["IoU"].items():
+        if not math.isnan(iou):   # NaN: neither in the truth nor predicted
+            writer.add_scalar(f"val_iou/{label.replace(' ', '_')}", iou, step)
     if panel is not None:
-        writer.add_image("val/input_truth_prediction_boundary", panel, step)
-    tqdm.write(f"step {step}: " + ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
+        writer.add_image("val/panel", panel, step, dataformats="HWC")
+    shown = ("loss", "pixel_accuracy", "subject_accuracy", "mIoU", "boundary_f_score")
+    tqdm.write(f"step {step}: " + ", ".join(f"val {k} {metrics[k]:.4f}" for k in shown))
     if metrics["mIoU"] <= best:
         return best
     save_atomic(weights_payload(model, cfg, stage, step, metrics), output_dir / "best.pt")
@@ -689,9 +771,11 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FloatingPointError, OSError) as e:   # DataError, CheckpointError included
         sys.exit(f"error: {e}")
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"\nfinal weights: {final}\ncheckpoints:   {Path(cfg.output_dir) / 'checkpoints'}"
-              f"\nTensorBoard:   tensorboard --logdir {Path(cfg.output_dir) / 'tensorboard'}"
-              f"\nevaluate:      python evaluate.py --checkpoint {final} --data_dir {cfg.data_dir}")
+        q = shlex.quote   # paths with spaces (a Drive folder) copy into a shell as they are
+        output_dir = Path(cfg.output_dir).absolute()
+        print(f"\nfinal weights: {q(str(final))}\ncheckpoints:   {q(str(Path(cfg.output_dir) / 'checkpoints'))}"
+              f"\nTensorBoard:   tensorboard --logdir {q(str(output_dir.parent))}   (every run in the folder above)"
+              f"\nevaluate:      python evaluate.py --checkpoint {q(str(final))} --data_dir {q(cfg.data_dir)}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def command(data_dir: Path, out: Path, *flags: str) -> list[str]:
 
 
 def scalars(out: Path, tag: str) -> list[float]:
-    events = EventAccumulator(str(out / "tensorboard"))
+    events = EventAccumulator(str(out))   # the event files lie in --output_dir
     events.Reload()
     return [e.value for e in events.Scalars(tag)]
 

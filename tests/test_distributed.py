@@ -30,7 +30,7 @@ def assert_same_training(a: dict, b: dict) -> None:
 
 
 def scalars(out: Path, tag: str) -> list[float]:
-    events = EventAccumulator(str(out / "tensorboard"))
+    events = EventAccumulator(str(out))   # the event files lie in --output_dir
     events.Reload()
     return [e.value for e in events.Scalars(tag)]
 

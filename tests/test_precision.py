@@ -27,7 +27,7 @@ def train(data_dir: Path, out: Path, *flags: str) -> Path:
 
 
 def losses(out: Path) -> list[float]:
-    events = EventAccumulator(str(out / "tensorboard"))
+    events = EventAccumulator(str(out))   # the event files lie in --output_dir
     events.Reload()
     return [e.value for e in events.Scalars("train/total")]
 

@@ -1,6 +1,8 @@
 """Checks colab/train_colab.ipynb against the code, so the notebook cannot drift from the flags: every
 run.py, evaluate.py and predict.py command in it must parse with the current argument parsers, and
-the training stages must be README's published recipe, resume, and write to Drive.
+the training stages must be README's published recipe, resume, and write to Drive; every command goes
+through the notebook's `sh` helper, which raises on a failure, and TensorBoard watches every stage.
+Executing the notebook is tests/test_colab_run.py.
 Run: `python -m pytest tests/test_colab.py -q`."""
 
 import ast
@@ -40,6 +42,11 @@ def logical_lines(source: str) -> list[str]:
     return re.sub(r"\\\n\s*", " ", source).splitlines()
 
 
+def python_only(source: str) -> str:
+    """The cell with its `!` and `%` lines replaced by `pass`: plain Python, for ast."""
+    return "\n".join(re.sub(r"^(\s*)[!%].*", r"\1pass", line) for line in logical_lines(source))
+
+
 def read_settings(notebook: dict) -> dict:
     """The values of the settings cell (the one that sets RUNS_DIR): plain assignments only, run here."""
     cells = [source for source in code_cells(notebook) if re.search(r"^RUNS_DIR\s*=", source, re.M)]
@@ -52,16 +59,18 @@ def read_settings(notebook: dict) -> dict:
 
 
 def shell_commands(notebook: dict, settings: dict) -> list[list[str]]:
-    """Every `!` command of the code cells, {NAME}s filled from the settings as IPython fills them,
-    split like the shell."""
+    """Every command the code cells give to `sh(...)`, in order, its f-string filled from the settings
+    as the notebook fills it, split like the shell."""
     commands = []
     for source in code_cells(notebook):
-        for line in logical_lines(source):
-            if line.strip().startswith("!"):
-                try:
-                    commands.append(shlex.split(line.strip()[1:].format_map(settings)))
-                except KeyError as err:  # IPython would pass "{NAME}" on to the shell as it is
-                    pytest.fail(f"{NOTEBOOK}: `{line.strip()}` uses {err}, which the settings cell does not set")
+        calls = [node for node in ast.walk(ast.parse(python_only(source)))
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "sh"]
+        for call in sorted(calls, key=lambda node: node.lineno):
+            try:
+                command = eval(compile(ast.Expression(call.args[0]), "cell", "eval"), {}, dict(settings))
+            except NameError as err:
+                pytest.fail(f"{NOTEBOOK}: `{ast.unparse(call)}` uses a name the settings cell does not set ({err})")
+            commands.append(shlex.split(command))
     return commands
 
 
@@ -118,10 +127,20 @@ def test_notebook_is_nbformat_4_without_outputs(notebook):
             assert cell["outputs"] == [] and cell["execution_count"] is None, "outputs are stored"
 
 
-def test_code_cells_are_python_apart_from_shell_and_magic_lines(notebook):
+def test_code_cells_are_python_apart_from_magic_lines(notebook):
     for source in code_cells(notebook):
-        python = [re.sub(r"^(\s*)[!%].*", r"\1pass", line) for line in logical_lines(source)]
-        ast.parse("\n".join(python))  # a SyntaxError names the line
+        ast.parse(python_only(source))  # a SyntaxError names the line
+
+
+def test_every_command_goes_through_sh_so_a_failure_stops_run_all(notebook):
+    """A `!` line reports a failure and lets "Run all" go on; `sh` raises (tests/test_colab_run.py)."""
+    for source in code_cells(notebook):
+        bangs = [line for line in logical_lines(source) if line.strip().startswith("!")]
+        assert not bangs, f"run these through sh(...): {bangs}"
+    definitions = [source for source in code_cells(notebook) if re.search(r"^def sh\(", source, re.M)]
+    assert len(definitions) == 1
+    first_use = next(i for i, source in enumerate(code_cells(notebook)) if re.search(r"^\s*sh\(", source, re.M))
+    assert code_cells(notebook).index(definitions[0]) <= first_use
 
 
 def test_every_command_parses_with_the_current_flags(notebook, settings, commands):
@@ -178,9 +197,43 @@ def test_evaluation_and_photos_use_a_stage_s_final_weights(settings, commands):
         assert str(args.out).startswith(settings["RUNS_DIR"])  # results survive the runtime
 
 
-def test_tensorboard_watches_one_stage_folder(notebook, settings):
-    source = next(source for source in code_cells(notebook) if "%tensorboard" in source)
-    watch = re.search(r'^WATCH = "(\w+)"', source, re.M)[1]
+def test_tensorboard_watches_every_stage_from_a_set_up_step(notebook, settings):
+    """One TensorBoard over RUNS_DIR (a run per stage folder), started before the first stage and among
+    the steps to run again after a disconnect."""
+    cells = notebook["cells"]
+    index = next(i for i, cell in enumerate(cells) if "%tensorboard" in "".join(cell["source"]))
+    line = next(line for line in "".join(cells[index]["source"]).splitlines() if line.startswith("%tensorboard"))
+    assert shlex.split(line.format_map(settings))[1:] == ["--logdir", settings["RUNS_DIR"]]
+    first_stage = next(i for i, cell in enumerate(cells) if "python run.py" in "".join(cell["source"]))
+    assert index < first_stage
+    heading = next("".join(cell["source"]) for cell in reversed(cells[:index]) if cell["cell_type"] == "markdown")
+    step = int(re.match(r"## (\d+)\.", heading)[1])
+    intro = "".join(cells[0]["source"])
+    again = int(re.search(r"after a disconnect, run steps 1-(\d+) again", intro)[1])
+    assert step <= again, f"TensorBoard is step {step}, but a disconnect re-runs steps 1-{again}"
+
+
+def test_commands_keep_their_paths_whole_with_spaces_in_the_folders(notebook):
+    """Every path is quoted: with a space in the Drive and local folders, each command still parses
+    to the same folders."""
+    spaced = json.loads(json.dumps(notebook))
+    for cell in spaced["cells"]:
+        source = "".join(cell["source"])
+        if re.search(r"^RUNS_DIR\s*=", source, re.M):
+            source = re.sub(r'^DRIVE = "[^"]*"', 'DRIVE = "/content/my drive"', source, flags=re.M)
+            cell["source"] = re.sub(r'^LOCAL = "[^"]*"', 'LOCAL = "/content/local disk"', source, flags=re.M)
+    settings = read_settings(spaced)
+    assert " " in settings["RUNS_DIR"] and " " in settings["DATA_DIR"] and " " in settings["PHOTOS_DIR"]
+    commands = shell_commands(spaced, settings)
+    for script, argv in script_commands(commands):
+        if script == "run.py":
+            cfg = check_command(script, argv)
+            assert cfg.data_dir == settings["DATA_DIR"] and Path(cfg.output_dir).parent == Path(settings["RUNS_DIR"])
+        elif script in PARSERS:
+            args = check_command(script, argv)
+            assert str(args.checkpoint).startswith(settings["RUNS_DIR"]) and str(args.out).startswith(settings["RUNS_DIR"])
+    for words in commands:   # mkdir, cp, unzip, ls, test/git clone, dataset.py check: no word is half a path
+        assert not any(word.endswith(("/content/my", "/content/local")) for word in words), words
+    source = next("".join(c["source"]) for c in spaced["cells"] if "%tensorboard" in "".join(c["source"]))
     line = next(line for line in source.splitlines() if line.startswith("%tensorboard"))
-    logdir = shlex.split(line.format_map({**settings, "WATCH": watch}))[2]
-    assert logdir == f"{settings['RUNS_DIR']}/{watch}/tensorboard"
+    assert shlex.split(line.format_map(settings))[1:] == ["--logdir", settings["RUNS_DIR"]]

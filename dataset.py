@@ -558,18 +558,20 @@ def outfit_split(stems: list[str], fraction: float = 0.1, seed: int = 0) -> list
 
 
 def choose_test_stems(pairs: list[Pair], test_split: str | Path | None = None, layout: Layout | str = DFMM_LAYOUT,
-               test_fraction: float = 0.1) -> tuple[set[str], str]:
+               test_fraction: float = 0.1, note_absent: bool = True) -> tuple[set[str], str]:
     """The test split's stems and where they come from: the split file if given, else the layout's rule
     (DeepFashion-MultiModal's published list; the data set's own test part; or the outfits, here whole
-    stems, hashing below test_fraction, on a hash independent of validation's)."""
+    stems, hashing below test_fraction, on a hash independent of validation's). note_absent: log how
+    many names of the published list the data set lacks."""
     layout = get_layout(layout)
     if test_split is not None or layout.test_rule == "published":
         split_file = DEFAULT_TEST_SPLIT if test_split is None else Path(test_split)
         stems = set(read_split_file(split_file))
         absent = sorted(stems - {p.stem for p in pairs})
         if absent and test_split is None:
-            log.info("%s: %d of its %d names are not in this data set (a partial or synthetic set)",
-                     split_file.name, len(absent), len(stems))
+            if note_absent:
+                log.info("%s: %d of its %d names are not in this data set (a partial or synthetic set)",
+                         split_file.name, len(absent), len(stems))
         elif absent:
             raise DataError(f"{split_file}: {len(absent)} name(s) not in the data set: {_listing(absent)}")
         return stems, split_file.name
@@ -594,7 +596,8 @@ def split_pairs(pairs: list[Pair], split: str, test_split: str | Path | None = N
         raise DataError(f"no pairs to split into {split!r}")
     if split == "all":
         return list(pairs)
-    test, source = choose_test_stems(pairs, test_split, layout, test_fraction)
+    # the val split is built beside a train split of the same pairs, which has said it already
+    test, source = choose_test_stems(pairs, test_split, layout, test_fraction, note_absent=split != "val")
     if split == "test":
         chosen = [p for p in pairs if p.stem in test]
         reason = f"none of the {len(test)} names of {source} is among the {len(pairs)} pairs"

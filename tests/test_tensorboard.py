@@ -1,6 +1,6 @@
 """What run.py leaves for TensorBoard and for a stage run again: each step once after a kill and a
 resume, the validation figures by tag, the configuration, the panel; a finished stage left alone;
-commands printed ready to copy. Run: `python -m pytest tests/test_tensorboard.py -q`."""
+commands printed ready to copy; a log note said once. Run: `python -m pytest tests/test_tensorboard.py -q`."""
 import logging
 import shlex
 import signal
@@ -146,3 +146,10 @@ def test_local_attention_levels_default_from_the_model_size():
     assert run.default_local_attention_levels(PRESETS["512_64_xl"]) == (2, 3, 4)
     assert run.default_local_attention_levels(PRESETS["256_64_la"]) == (1, 2, 3, 4)
     assert run.default_local_attention_levels(PRESETS["tiny"]) == (0, 1, 2, 3, 4)
+
+
+def test_the_note_on_test_names_missing_from_the_data_is_logged_once(data_dir, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        run.train(run.parse_config(flags(data_dir, tmp_path / "run", "--max_steps", "1")))
+    notes = [r.getMessage() for r in caplog.records if "names are not in this data set" in r.getMessage()]
+    assert len(notes) == 1, notes   # the train split says it; the val split beside it does not repeat it

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 import urllib.request
 import zipfile
@@ -196,3 +197,35 @@ def test_a_failing_stage_stops_run_all_and_no_command_cell_swallows_a_failure(co
         for index in commands[1:]:
             with pytest.raises(CellExecutionError, match="exit status"):
                 client.execute_cell(nb.cells[index], index)
+
+
+def test_interrupting_a_training_cell_saves_a_checkpoint_then_stops(tmp_path, archives):
+    """The stop button sends SIGINT to the kernel's process group (as Jupyter does); `sh` passes one on to
+    the command in its own session, so training finishes its step, saves and exits, and the cell raises."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    helper = next(c for c in nb.cells if "def sh(" in c.source)
+    helper.source = re.sub(r"^.*(google\.colab|drive\.mount).*$", "", helper.source, flags=re.M)   # the helper alone
+    out = tmp_path / "run dir"
+    cell = nbformat.v4.new_code_cell(
+        f'sh(\'python run.py --data_dir "{archives / "set"}" --output_dir "{out}" --image_size 32 --batch_size 2 '
+        '--num_workers 0 --max_steps 1000 --checkpointing_steps 1000 --val_panels 0\')')
+    nb.cells = [helper, cell]
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
+
+    def interrupt_once_training() -> None:
+        deadline = time.time() + 120
+        while not list(out.glob("events.*")) and time.time() < deadline:   # the run has started
+            time.sleep(0.1)
+        time.sleep(1.0)
+        os.killpg(os.getpgid(client.km.provisioner.pid), signal.SIGINT)
+
+    with client.setup_kernel():
+        client.execute_cell(helper, 0)
+        interrupter = threading.Thread(target=interrupt_once_training)
+        interrupter.start()
+        with pytest.raises(CellExecutionError, match="KeyboardInterrupt"):
+            client.execute_cell(cell, 1)
+        interrupter.join()
+    assert "stopped by a signal at step" in output_text(cell)
+    (saved,) = (out / "checkpoints").glob("step-*.pt")
+    assert 0 < read_checkpoint(saved)["step"] < 1000

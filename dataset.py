@@ -329,8 +329,8 @@ LAYOUTS: dict[str, Layout] = {
     "deepfashion-mm": Layout("deepfashion-mm", (("", "images", "segm"),), "{stem}_segm.png", (".jpg",),
                              "", "random_strip", "center_strip", unlabelled_255=False),
     # LIP (sysu-hcp.net/lip): TrainVal_images.zip and TrainVal_parsing_annotations.zip unpacked side by side
-    "lip": Layout("lip", (("train", "train_images", "train_segmentations"), ("test", "val_images", "val_segmentations")),
-                  "{stem}.png", (".jpg",), "lip", "random_letterbox", "letterbox", nested=True),
+    "lip": Layout("lip", (("train", "train_images", "train_segmentations"),
+                          ("test", "val_images", "val_segmentations")), "{stem}.png", (".jpg",), "lip", "random_letterbox", "letterbox", nested=True),
     # CIHP (instance-level_human_parsing.tar.gz): Category_ids are the 20 semantic labels
     "cihp": Layout("cihp", (("train", "Training/Images", "Training/Category_ids"),
                             ("test", "Validation/Images", "Validation/Category_ids")),
@@ -791,16 +791,17 @@ class FashionDataset(torch.utils.data.Dataset):
 
     Strip modes cut a square of side min(W, H) along the long axis (for the real 750x1101 photos: a
     750x750 band at some height) and resize it to image_size. "whole" scales the full photo by the same
-    image_size / min(W, H) (fit "short_side"; "long_side": / max(W, H), a letterboxed model's scale) and pads
-    bottom/right to a multiple of size_multiple. Letterbox modes scale the
-    whole photo to fit image_size x image_size (long side = image_size) and pad bottom/right to that
-    square: other data sets' photos come in every size and aspect, and no part of them is cut away.
+    image_size / min(W, H) (fit "short_side"; "long_side": / max(W, H), a letterboxed model's scale) and
+    pads bottom/right to a multiple of size_multiple. Letterbox modes scale the whole photo to fit
+    image_size x image_size (long side = image_size) and pad bottom/right to that square: other data
+    sets' photos come in every size and aspect, and no part of them is cut away.
 
     A sample is uint8: "image" (3, S, S) pixels, "mask" (S, S) label ids (IGNORE_INDEX = padding), and
     "index"; "whole" and letterbox modes add "valid_hw" (the size before padding) and the random modes
     with color_jitter > 0 add "jitter" (3,) factors. Random modes flip half the samples, swapping
-    left-X and right-X labels where the label set has them (LabelSet.flip_table). `prepare_batch` turns a collated batch into model input on the device:
-    a worker only decodes, crops and resizes, and a quarter of the bytes of float32 cross to the GPU.
+    left-X and right-X labels where the label set has them (LabelSet.flip_table). `prepare_batch` turns
+    a collated batch into model input on the device: a worker only decodes, crops and resizes, and a
+    quarter of the bytes of float32 cross to the GPU.
 
     Every random choice for a sample comes from np.random.default_rng((seed, epoch, index)), so a sample
     depends only on those three numbers - not on worker count, process or order - and a resumed run
@@ -886,7 +887,8 @@ class FashionDataset(torch.utils.data.Dataset):
 
     def _whole_sample(self, decoded: DecodedImage, mask: Image.Image, index: int) -> dict[str, torch.Tensor]:
         """The photo through prepare_whole_image; the mask at the same size, padded with IGNORE_INDEX."""
-        image, (height, width) = prepare_whole_image(decoded, self.image_size, self.size_multiple, self.fit)  # (3, Hp, Wp)
+        image, (height, width) = prepare_whole_image(decoded, self.image_size, self.size_multiple,
+                                                     self.fit)                                     # (3, Hp, Wp)
         labels = torch.from_numpy(np.array(mask.resize((width, height), Image.Resampling.NEAREST)))  # (h, w)
         pad = (0, image.shape[-1] - width, 0, image.shape[-2] - height)
         return {"image": image, "mask": F.pad(labels, pad, value=IGNORE_INDEX),  # (Hp, Wp)

@@ -414,7 +414,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--test_split", help="file naming the test images (default: the layout's: the published 1,270 "
                                         "for deepfashion-mm, the data set's own test part for lip and cihp, "
                                         "else a hash)")
-    p.add_argument("--test_fraction", type=float, help="hashed test split's share (default: the checkpoint's, else 0.1)")
+    p.add_argument("--test_fraction", type=float,
+                   help="hashed test split's share (default: the checkpoint's, else 0.1)")
     p.add_argument("--mode", default="auto", choices=["auto", "center_strip", "whole", "letterbox"],
                    help="auto: the layout's (center_strip for deepfashion-mm, letterbox elsewhere); "
                         "center_strip: the published square strip; whole: the whole photo, padded; "

@@ -447,7 +447,8 @@ def export_onnx(checkpoint: Path, destination: Path) -> None:
     program.model.metadata_props.update(
         {"mean": json.dumps(list(config.mean)), "std": json.dumps(list(config.std)),
          "image_size": json.dumps(config.image_size), "size_multiple": json.dumps(m),
-         "labels": json.dumps(list(model.label_set.labels)), "palette": json.dumps([list(c) for c in model.label_set.palette]),
+         "labels": json.dumps(list(model.label_set.labels)),
+         "palette": json.dumps([list(c) for c in model.label_set.palette]),
          "label_set": json.dumps(model.label_set.name), "fit": json.dumps(config.fit)})
     destination.parent.mkdir(parents=True, exist_ok=True)
     program.save(destination)  # one file; a separate weights file only past protobuf's 2 GB
@@ -496,8 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "'boundary' (h, w) sigmoid at the model's resolution (the photo scaled to the "
                              "training scale, padding cropped), not at the photo's size")
     parser.add_argument("--label_map", metavar="NAME|FILE",
-                        help="write every output in a mapped label set: a shipped map (" + ", ".join(shipped_names("maps"))
-                             + ", topformer) or a map file; pixels of unmapped labels are 255 in <stem>.png")
+                        help="write every output in a mapped label set: a shipped map ("
+                             + ", ".join(shipped_names("maps")) + ", topformer) or a map file; pixels of "
+                             "unmapped labels are 255 in <stem>.png")
     parser.add_argument("--classes", metavar="NAME,NAME,...",
                         help="also write <stem>_classes/<class>.png (a black/white mask) and <class>_cutout.png "
                              "(the photo as RGBA, transparent elsewhere) for these classes, names of the output "

@@ -604,8 +604,9 @@ def _sided_labels(mask: np.ndarray, body: _Body, view: str, lip: LabelSet) -> np
     for kind, chains, ends in (("arm", body.arms, body.hands), ("leg", body.legs, None)):
         for i, chain in enumerate(chains):
             layer = Image.new("L", (width, height))
+            (x, y), h = chain[0][-1], body.h   # the ankle: a foot below it, as _draw_lower paints it
             shapes = _limb(chain) + (_limb(ends[i], round_end=True) if ends else
-                                     [_ellipse(chain[0][-1][0], chain[0][-1][1] + 0.2 * body.h, 0.17 * body.h, 0.14 * body.h)])
+                                     [_ellipse(x, y + 0.2 * h, 0.17 * h, 0.14 * h)])
             _draw(ImageDraw.Draw(layer), shapes)
             side = "left" if person_left[i] else "right"
             out[(np.asarray(layer) > 0) & (mask == LABELS.index("skin"))] = lip.index(f"{side}-{kind}")
@@ -682,7 +683,8 @@ def write_synthetic_lip(out_dir: str | Path, count: int, seed: int = 0, width: i
     names = _synthetic_names(rng, count)
     n_val = max(1, round(test_fraction * count))
     pairs, ids = [], {"train": [], "val": []}
-    for k, (stem, child) in enumerate(tqdm(list(zip(names, rng.spawn(count))), desc=f"writing {out_dir}", unit="image")):
+    drawn = tqdm(list(zip(names, rng.spawn(count))), desc=f"writing {out_dir}", unit="image")
+    for k, (stem, child) in enumerate(drawn):
         w, h = (round(side * child.uniform(0.8, 1.2)) for side in (width, height))
         photo, mask, body, view = _render(child, stem, w, h)
         part = "val" if k < n_val else "train"
@@ -691,7 +693,8 @@ def write_synthetic_lip(out_dir: str | Path, count: int, seed: int = 0, width: i
         mask_dir = out_dir / "TrainVal_parsing_annotations" / f"{part}_segmentations"
         image_dir.mkdir(parents=True, exist_ok=True)
         mask_dir.mkdir(parents=True, exist_ok=True)
-        pair = Pair(lip_id, image_dir / f"{lip_id}.jpg", mask_dir / f"{lip_id}.png", "test" if part == "val" else "train")
+        pair = Pair(lip_id, image_dir / f"{lip_id}.jpg", mask_dir / f"{lip_id}.png",
+                    "test" if part == "val" else "train")
         photo.save(pair.image, quality=90)
         Image.fromarray(_sided_labels(np.asarray(mask), body, view, lip)).save(pair.mask)
         pairs.append(pair)

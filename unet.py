@@ -536,7 +536,8 @@ def checkpoint_label_set(ckpt: dict, source: str = "checkpoint") -> LabelSet:
     except DataError as e:
         raise CheckpointError(f"{source}: its label set is unusable: {e}") from e
     if len(label_set) != count:
-        raise CheckpointError(f"{source}: its label set {label_set.name} has {len(label_set)} labels, the model {count}")
+        raise CheckpointError(f"{source}: its label set {label_set.name} has {len(label_set)} labels, "
+                              f"the model {count}")
     return label_set
 
 

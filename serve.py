@@ -133,7 +133,9 @@ class Segmenter:
         return task.result
 
     def stop(self) -> None:
+        """Let the worker finish its task and end (a daemon thread inside torch at exit can crash it)."""
         self.tasks.put(None)
+        self.worker.join(self.limits.time_limit)
 
     def _work(self) -> None:
         while (task := self.tasks.get()) is not None:
@@ -505,25 +507,28 @@ def bench(server: Server, requests: int, concurrency: int) -> dict:
     photo.save(buffer, format="JPEG", quality=90)
     host, port = server.server_address[:2]
 
-    def one(_: int) -> tuple[int, float]:
+    def one(_: int) -> tuple[int, float, dict]:
         began = time.perf_counter()
         connection = http.client.HTTPConnection(host, port, timeout=server.limits.time_limit + 10)
         connection.request("POST", "/api/segment", buffer.getvalue(), {"Content-Type": "image/jpeg"})
-        status = connection.getresponse()
-        status.read()
+        response = connection.getresponse()
+        body = response.read()
         connection.close()
-        return status.status, time.perf_counter() - began
+        took = time.perf_counter() - began
+        return response.status, took, json.loads(body)["seconds"] if response.status == 200 else {}
 
     one(0)  # warm-up: first-call allocations
     began = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(one, range(requests)))
     wall = time.perf_counter() - began
-    times = np.array([t for status, t in results if status == 200])
+    times = np.array([t for status, t, _ in results if status == 200])
+    parts = [seconds for status, _, seconds in results if status == 200]
     return {"requests": requests, "concurrency": concurrency, "ok": len(times),
-            "busy_503": sum(status == 503 for status, _ in results), "requests_per_s": round(len(times) / wall, 2),
+            "busy_503": sum(status == 503 for status, _, _ in results), "requests_per_s": round(len(times) / wall, 2),
             "p50_s": round(float(np.percentile(times, 50)), 3) if len(times) else None,
-            "p95_s": round(float(np.percentile(times, 95)), 3) if len(times) else None}
+            "p95_s": round(float(np.percentile(times, 95)), 3) if len(times) else None,
+            "server_median_s": {k: round(float(np.median([p[k] for p in parts])), 3) for k in (parts[0] if parts else ())}}
 
 
 def release_large_buffers() -> None:
@@ -595,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         figures = [bench(server, args.bench_requests, c) for c in (1, limits.queue_size)]
         print(json.dumps({"model": checkpoint.name, "photo": "512x512 JPEG", "runs": figures}, indent=2))
         server.shutdown()
+        server.segmenter.stop()
+        server.server_close()
         return 0
     print(f"serving {checkpoint} on http://{host}:{port}/ (Ctrl-C stops)", flush=True)
     try:

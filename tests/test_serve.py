@@ -490,6 +490,21 @@ def test_the_checkpoints_own_label_set_names_the_answer(tmp_path):
         serve.start(path, serve.Limits(), port=0, label_map="u2net")
 
 
+def test_an_onnx_file_serves_the_same_labels(checkpoint, tmp_path, server):
+    """--checkpoint model.onnx: onnxruntime answers as PyTorch does (the export takes ~20 s of CPU)."""
+    onnx_file = tmp_path / "tiny.onnx"
+    predict.export_onnx(checkpoint, onnx_file)
+    onnx_server = _serve_in_thread(onnx_file)
+    try:
+        status, answer = segment(onnx_server.server_address[1], SAMPLE.read_bytes(), query="?postprocess=none")
+    finally:
+        _stop(onnx_server)
+    _, reference = segment(server.port, SAMPLE.read_bytes(), query="?postprocess=none")
+    assert status == 200 and answer["label_names"] == reference["label_names"]
+    ids, expected = np.asarray(png(answer["label_png"])), np.asarray(png(reference["label_png"]))
+    assert ids.shape == expected.shape and (ids == expected).mean() > 0.999  # float rounding may flip a tie
+
+
 def test_distinct_colours():
     table = serve.distinct_colours(np.array([[1, 2, 3], [1, 2, 3], [0, 0, 0]], np.uint8))
     assert table[:3].tolist() == [[1, 2, 3], [1, 2, 4], [0, 0, 0]] and table[255].tolist() == [0, 0, 1]

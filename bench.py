@@ -35,9 +35,10 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from dataset import FashionDataset, boundary_target, prepare_batch, write_synthetic_dataset
-from losses import LossConfig, segmentation_loss
 import postprocess
+from dataset import FashionDataset, boundary_target, prepare_batch
+from losses import LossConfig, segmentation_loss
+from synthetic import write_synthetic_dataset
 from unet import PRESETS, UNet, UNetConfig, pick_precision
 
 WIDE32 = dataclasses.replace(PRESETS["tiny"], base_features=16, image_size=256)   # widths 32..512

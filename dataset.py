@@ -991,12 +991,6 @@ def _check_pair(pair: Pair, labels: LabelSet = DEEPFASHION_MM, unlabelled_255: b
     return problems
 
 
-def write_synthetic_dataset(*args, **kwargs) -> list[Pair]:
-    """synthetic.write_synthetic_dataset, which moved there; this name stays for callers of the old one."""
-    from synthetic import write_synthetic_dataset as write   # synthetic imports this module: import late
-    return write(*args, **kwargs)
-
-
 # ---------------------------------------------------------------------------------- command line
 
 def _write_outfit_split(root: Path, out: Path, fraction: float, seed: int) -> int:

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import predict
 import run
-from dataset import write_synthetic_dataset
+from synthetic import write_synthetic_dataset
 from unet import read_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

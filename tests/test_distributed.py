@@ -9,7 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import run
-from dataset import write_synthetic_dataset
+from synthetic import write_synthetic_dataset
 from unet import read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import evaluate
-from dataset import IGNORE_INDEX, write_synthetic_dataset
+from dataset import IGNORE_INDEX
+from synthetic import write_synthetic_dataset
 from unet import PRESETS, UNet, model_checkpoint
 
 SEED_STATS = Path(__file__).resolve().parents[1] / "reference" / "published-stats"

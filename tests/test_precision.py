@@ -8,7 +8,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import run
 import unet
-from dataset import FashionDataset, write_synthetic_dataset
+from dataset import FashionDataset
+from synthetic import write_synthetic_dataset
 from unet import read_checkpoint
 
 FAST = ["--image_size", "32", "--batch_size", "2", "--num_workers", "0", "--val_fraction", "0",

@@ -146,7 +146,7 @@ def test_converted_weights_start_a_training_stage_and_predict(convert, tmp_path)
     """A converted checkpoint is an ordinary one: --pretrained_model_path and predict.py take it."""
     import predict
     import run
-    from dataset import write_synthetic_dataset
+    from synthetic import write_synthetic_dataset
     from PIL import Image
 
     model = convert("base16_simple")

@@ -12,7 +12,7 @@ import torch
 
 import predict
 import run
-from dataset import write_synthetic_dataset
+from synthetic import write_synthetic_dataset
 from unet import PRESETS, UNet, model_checkpoint, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

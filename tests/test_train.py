@@ -11,8 +11,9 @@ import torch
 from torch.utils.data import default_collate
 
 import run
-from dataset import FashionDataset, outfit_key, write_synthetic_dataset
+from dataset import FashionDataset, outfit_key
 from losses import LossConfig
+from synthetic import write_synthetic_dataset
 from unet import PRESETS, UNet, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -57,6 +57,9 @@ def test_after_a_kill_and_resume_latest_each_step_is_logged_once(data_dir, tmp_p
     # as if the kill had come while step 4's checkpoint was written: the events of steps 3 and 4 are
     # on disk, and the resumed run starts after step 2 and logs them again
     newest.unlink()
+    # event files are ordered by the second their writer started (then by host and pid): a resume
+    # within the killed run's first second, which only this fast test can make, would sort before it
+    time.sleep(1.1)
     run.main(command[2:])
 
     logged = events(out)

@@ -54,7 +54,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
-import torch
 from PIL import Image
 
 import postprocess

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from attention import GlobalAttention, LocalAttention, init_linear, position_encoding
+from attention import GlobalAttention, LocalAttention, position_encoding
 from dataset import DEEPFASHION_MM, FITS, NUM_LABELS, DataError, LabelSet
 
 # 2: the published architecture. 1 was this project's earlier redesign, whose weights fit no model here.

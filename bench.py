@@ -8,13 +8,14 @@
 Figures: the fp32 matrix-multiply rate (the yardstick); a training step (forward, loss,
 backward, AdamW) of the published architecture with widths 32..512 (b = 16) at 256x256, batch 2,
 with FLOPs counted by torch.utils.flop_counter, NCHW against channels-last, its attention kernel
-and profile; the same widths at 512x512 with and without local attention on every decoder level;
-inference per image at 512x512 (512_96) on PyTorch and on onnxruntime, beside each boundary
-post-processing method on one core; data loading per
-worker (one thread) beside merely decoding the JPEGs into arrays, and the device-side batch
-preparation after it; peak memory of a 512_96 training step at 512x512 with
-and without gradient checkpointing; on CUDA, the 512_96 bf16 step with and without
-torch.compile and the attention kernels it runs on.
+and profile; the same widths at 512x512 with and without local attention on every decoder level,
+and that step with glibc's default allocator against the freed memory run.py keeps
+(unet.keep_freed_memory), each in a fresh process; inference per image at 512x512 (512_96) on
+PyTorch and on onnxruntime, beside each boundary post-processing method on one core; data loading
+per worker (one thread) beside merely decoding the JPEGs into arrays, and the device-side batch
+preparation after it; peak memory of a 512_96 training step at 512x512 with and without gradient
+checkpointing; on CUDA, the 512_96 bf16 step with and without torch.compile and the attention
+kernels it runs on.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ import postprocess
 from dataset import FashionDataset, boundary_target, prepare_batch
 from losses import LossConfig, segmentation_loss
 from synthetic import write_synthetic_dataset
-from unet import PRESETS, UNet, UNetConfig, pick_precision
+from unet import PRESETS, UNet, UNetConfig, keep_freed_memory, pick_precision
 
 WIDE32 = dataclasses.replace(PRESETS["tiny"], base_features=16, image_size=256)   # widths 32..512
 # Dense bf16 (fp16 where the card has no bf16) tensor-core peaks, per card, by the exact name
@@ -255,7 +256,32 @@ def loading_rates(folder: Path, count: int) -> dict:
     return result
 
 
+def _allocator_child(queue, keep: bool, repeats: int) -> None:
+    if keep:
+        keep_freed_memory(torch.device("cpu"))
+    step, _ = make_train_step(WIDE32, 512, 1, count_flops=False)
+    seconds = timed(step, repeats, warmup=3)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    queue.put({"seconds": seconds, "kernel_s": usage.ru_stime, "peak_rss": usage.ru_maxrss * 1024})
+
+
+def allocator_comparison(repeats: int) -> dict[str, dict]:
+    """The 512x512 training step (widths 32..512, batch 1) in two fresh processes, one with glibc's
+    default malloc and one with unet.keep_freed_memory as run.py sets it: seconds per step, the
+    process's kernel time and peak RSS."""
+    ctx = multiprocessing.get_context("spawn")   # a fresh process each: the setting is process-wide
+    result = {}
+    for name, keep in (("glibc_default", False), ("kept", True)):
+        queue = ctx.Queue()
+        child = ctx.Process(target=_allocator_child, args=(queue, keep, repeats))
+        child.start()
+        result[name] = queue.get()
+        child.join()
+    return result
+
+
 def _peak_rss_child(queue, checkpointing: bool) -> None:
+    keep_freed_memory(torch.device("cpu"))       # as run.py trains
     # the step alone: make_train_step's FLOP-counting pass holds more memory than a step, and its
     # peak hid what gradient checkpointing saves
     step, _ = make_train_step(PRESETS["512_96"], 512, 1, checkpointing=checkpointing, count_flops=False)
@@ -345,6 +371,7 @@ def main() -> None:
     if args.gpu_check:
         gpu_check(args)
         return
+    keep_freed_memory(torch.device("cpu"))      # as run.py, evaluate.py and predict.py run on the CPU
     r = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                     f"torch {torch.__version__}"}
     rows = []
@@ -378,6 +405,14 @@ def main() -> None:
     r["local_attention_ratios"] = {"time": local["seconds"] / plain["seconds"], "flops": local["flops"] / plain["flops"]}
     rows.append(("  local attention: time ratio / FLOP ratio",
                  f"{r['local_attention_ratios']['time']:.2f}x / {r['local_attention_ratios']['flops']:.2f}x"))
+
+    r["cpu_allocator"] = a = allocator_comparison(max(2, args.repeats // 2))
+    a["speedup"] = a["glibc_default"]["seconds"] / a["kept"]["seconds"]
+    rows.append(("  CPU allocator: that step with freed memory kept (run.py)",
+                 f"{a['speedup']:.2f}x as fast as glibc's default ({a['kept']['seconds']:.2f} s against "
+                 f"{a['glibc_default']['seconds']:.2f} s; kernel time {a['kept']['kernel_s']:.0f} s against "
+                 f"{a['glibc_default']['kernel_s']:.0f} s; peak RSS {a['kept']['peak_rss'] / 2**30:.2f} GiB "
+                 f"against {a['glibc_default']['peak_rss'] / 2**30:.2f} GiB)"))
 
     onnx_times = onnx_inference_times(PRESETS["512_96"], 512, max(2, args.repeats // 2))
     r["inference_512_96_s"], r["inference_512_96_onnx"] = onnx_times["pytorch"], onnx_times

@@ -470,8 +470,10 @@ def report(results: dict, out: Path, methods: tuple[str, ...]) -> str:
 def setup(args: argparse.Namespace):
     """(device, autocast dtype, model, data set, label map or None) for an evaluation run; the layout,
     mask names and test fraction default to those the checkpoint trained with."""
-    from unet import model_from_checkpoint, pick_device, pick_precision, read_checkpoint   # --summarize needs none
+    from unet import (keep_freed_memory, model_from_checkpoint, pick_device, pick_precision,   # --summarize
+                      read_checkpoint)                                                      # needs none
     device = pick_device(args.device)
+    keep_freed_memory(device)
     dtype = pick_precision(args.precision, device)
     ckpt = read_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint)

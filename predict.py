@@ -224,6 +224,7 @@ def same_shape_batches(jobs: Iterable[Job], batch_size: int) -> Iterator[list[Jo
 def torch_backend(path: Path, device: torch.device, precision: str = "auto") -> Backend:
     """A run.py checkpoint on PyTorch, under autocast as unet.pick_precision chooses."""
     dtype = unet.pick_precision(precision, device)
+    unet.keep_freed_memory(device)
     model = unet.load_model(path, device).eval()
 
     def forward(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,8 +55,8 @@ from evaluate import (BOUNDARY_THRESHOLD, boundary_counts, boundary_f_score, con
 from losses import LossConfig, resolve_class_weights, segmentation_loss
 from synthetic import write_synthetic_dataset
 from unet import (LEVELS, PRECISIONS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention,
-                  model_checkpoint, model_from_checkpoint, new_label_head, pick_device, pick_precision,
-                  read_checkpoint, save_atomic, stage_parameters, swap_bottleneck, unwrap)
+                  keep_freed_memory, model_checkpoint, model_from_checkpoint, new_label_head, pick_device,
+                  pick_precision, read_checkpoint, save_atomic, stage_parameters, swap_bottleneck, unwrap)
 
 log = logging.getLogger("run")
 SYNTHETIC_DIR = "data/synthetic"
@@ -221,6 +221,8 @@ class Dist(typing.NamedTuple):
 def setup(cfg: TrainConfig) -> tuple[Dist, torch.device]:
     """Join the torchrun process group when there is one (NCCL on CUDA, Gloo on the CPU)."""
     device = pick_device(cfg.device)
+    if keep_freed_memory(device):
+        log.info("CPU: memory freed by a step is kept for the next (glibc; see unet.keep_freed_memory)")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True            # fixed input sizes: pick the fastest convolutions
         torch.set_float32_matmul_precision("high")       # TF32 for what runs in fp32

@@ -8,14 +8,15 @@
 Figures: the fp32 matrix-multiply rate (the yardstick); a training step (forward, loss,
 backward, AdamW) of the published architecture with widths 32..512 (b = 16) at 256x256, batch 2,
 with FLOPs counted by torch.utils.flop_counter, NCHW against channels-last, its attention kernel
-and profile; the same widths at 512x512 with and without local attention on every decoder level,
-and that step with glibc's default allocator against the freed memory run.py keeps
-(unet.keep_freed_memory), each in a fresh process; inference per image at 512x512 (512_96) on
-PyTorch and on onnxruntime, beside each boundary post-processing method on one core; data loading
-per worker (one thread) beside merely decoding the JPEGs into arrays, and the device-side batch
-preparation after it; peak memory of a 512_96 training step at 512x512 with and without gradient
-checkpointing; on CUDA, the 512_96 bf16 step with and without torch.compile and the attention
-kernels it runs on.
+and profile; the same widths at 512x512 without local attention, with it on every decoder level
+and on run.py's default levels, each level's local attention alone, and the profile of the step
+with it everywhere; that plain 512 step with glibc's default allocator against the freed memory
+run.py keeps (unet.keep_freed_memory), each in a fresh process; inference per image at 512x512
+(512_96) on PyTorch and on onnxruntime, beside each boundary post-processing method on one core;
+data loading per worker (one thread) beside merely decoding the JPEGs into arrays, and the
+device-side batch preparation after it; peak memory of a 512_96 training step at 512x512 with
+and without the freed memory kept and with gradient checkpointing; on CUDA, the 512_96 bf16 step
+with and without torch.compile and the attention kernels it runs on.
 """
 from __future__ import annotations
 
@@ -104,14 +105,13 @@ def fake_batch(batch: int, size: int, device: torch.device) -> tuple[torch.Tenso
 
 def make_train_step(config: UNetConfig, size: int, batch: int, device=torch.device("cpu"),
                     autocast_dtype=None, compile: bool = False, checkpointing: bool = False,
-                    channels_last: bool | None = None, count_flops: bool = True) -> tuple[Callable[[], None], int]:
+                    channels_last: bool = False, count_flops: bool = True) -> tuple[Callable[[], None], int]:
     """A training step (forward, loss, backward, AdamW) as run.py takes it, and its FLOPs (0 unless
-    count_flops). channels_last None: run.py's --channels_last auto (on the CPU only)."""
+    count_flops)."""
     torch.manual_seed(0)
     model = UNet(config).to(device)
     model.set_gradient_checkpointing(checkpointing)
-    layout = torch.channels_last if (device.type == "cpu" if channels_last is None else channels_last) \
-        else torch.contiguous_format
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     net = torch.compile(model) if compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -156,10 +156,23 @@ def train_steps(steps: dict[str, tuple[Callable[[], None], int]], batch: int, re
 
 def train_step(config: UNetConfig, size: int, batch: int, repeats: int, device=torch.device("cpu"),
                autocast_dtype=None, compile: bool = False, checkpointing: bool = False,
-               channels_last: bool | None = None) -> dict:
+               channels_last: bool = False) -> dict:
     """Seconds per training step and the FLOPs of its forward + backward, for one configuration."""
     step = make_train_step(config, size, batch, device, autocast_dtype, compile, checkpointing, channels_last)
     return train_steps({"step": step}, batch, repeats)["step"]
+
+
+def local_attention_level_times(config: UNetConfig, size: int, repeats: int) -> dict[int, float]:
+    """Seconds of each decoder level's local attention alone (forward, then backward of the sum) on
+    inputs of the size and width it meets in the model."""
+    model = UNet(config)
+    times = {}
+    for level in config.local_attention_levels:
+        module = model.decoder[level].local_attention
+        side = size >> level
+        x = torch.randn(1, module.in_proj.in_features, side, side, requires_grad=True)
+        times[level] = timed(lambda: module(x).sum().backward(), repeats, warmup=2)
+    return times
 
 
 def step_profile(step: Callable[[], None], top: int = 8) -> list[tuple[str, float]]:
@@ -201,10 +214,28 @@ def onnx_inference_times(config: UNetConfig, size: int, repeats: int) -> dict[st
         session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         model = unet.load_model(checkpoint).eval()
         image = torch.randn(1, 3, size, size)
-        with torch.inference_mode():
-            times = timed_in_turns({"pytorch": lambda: model(image),
-                                    "onnxruntime": lambda: session.run(None, {"image": image.numpy()})}, repeats)
+        with torch.inference_mode():   # each in a block of its own: in turns, each evicted the other's
+            # memory and PyTorch measured 6.3 s a run instead of 3.6 s
+            times = {"pytorch": timed(lambda: model(image), repeats, warmup=2),
+                     "onnxruntime": timed(lambda: session.run(None, {"image": image.numpy()}), repeats, warmup=2)}
+            times["pytorch_profile"] = step_profile(lambda: model(image))
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        session.run(None, {"image": image.numpy()})
+        session.run(None, {"image": image.numpy()})
+        times["onnxruntime_profile"] = onnx_op_shares(Path(session.end_profiling()))
     return {**times, "export_s": export_s}
+
+
+def onnx_op_shares(trace: Path, top: int = 8) -> list[tuple[str, float]]:
+    """The operator types taking the most of an onnxruntime profile's node time, as shares of it."""
+    per_op: dict[str, float] = {}
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and "op_name" in event.get("args", {}):
+            per_op[event["args"]["op_name"]] = per_op.get(event["args"]["op_name"], 0) + event["dur"]
+    total = sum(per_op.values())
+    return [(op, us / total) for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])[:top]]
 
 
 def realistic_outputs(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -256,13 +287,23 @@ def loading_rates(folder: Path, count: int) -> dict:
     return result
 
 
+def peak_rss() -> int:
+    """This process's peak resident bytes. Linux's VmHWM, as getrusage's ru_maxrss in a spawned child
+    starts from the parent's peak at the fork (it made every child here report the bench's own 10 GiB)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if platform.system() == "Darwin" else 1024)
+
+
 def _allocator_child(queue, keep: bool, repeats: int) -> None:
     if keep:
         keep_freed_memory(torch.device("cpu"))
     step, _ = make_train_step(WIDE32, 512, 1, count_flops=False)
     seconds = timed(step, repeats, warmup=3)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    queue.put({"seconds": seconds, "kernel_s": usage.ru_stime, "peak_rss": usage.ru_maxrss * 1024})
+    queue.put({"seconds": seconds, "kernel_s": resource.getrusage(resource.RUSAGE_SELF).ru_stime,
+               "peak_rss": peak_rss()})
 
 
 def allocator_comparison(repeats: int) -> dict[str, dict]:
@@ -280,18 +321,20 @@ def allocator_comparison(repeats: int) -> dict[str, dict]:
     return result
 
 
-def _peak_rss_child(queue, checkpointing: bool) -> None:
-    keep_freed_memory(torch.device("cpu"))       # as run.py trains
+def _peak_rss_child(queue, checkpointing: bool, keep: bool) -> None:
+    if keep:
+        keep_freed_memory(torch.device("cpu"))
     # the step alone: make_train_step's FLOP-counting pass holds more memory than a step, and its
     # peak hid what gradient checkpointing saves
     step, _ = make_train_step(PRESETS["512_96"], 512, 1, checkpointing=checkpointing, count_flops=False)
     for _ in range(2):
         step()
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    queue.put(peak_rss())
 
 
-def peak_memory(checkpointing: bool) -> float:
-    """Peak bytes of a 512_96 training step at 512x512, batch 1: CUDA allocator or process RSS."""
+def peak_memory(checkpointing: bool, keep: bool = True) -> float:
+    """Peak bytes of a 512_96 training step at 512x512, batch 1: CUDA allocator or process RSS (with
+    the CPU's freed memory kept or not, unet.keep_freed_memory)."""
     if torch.cuda.is_available():
         device = torch.device("cuda")
         step, _ = make_train_step(PRESETS["512_96"], 512, 1, device, pick_precision("auto", device),
@@ -302,7 +345,7 @@ def peak_memory(checkpointing: bool) -> float:
         return torch.cuda.max_memory_allocated()
     ctx = multiprocessing.get_context("spawn")   # a fresh process: RSS peaks never go down
     queue = ctx.Queue()
-    child = ctx.Process(target=_peak_rss_child, args=(queue, checkpointing))
+    child = ctx.Process(target=_peak_rss_child, args=(queue, checkpointing, keep))
     child.start()
     peak = queue.get()
     child.join()
@@ -384,10 +427,10 @@ def main() -> None:
         key = "train_step_compiled" if compiled else "train_step"
         r.update(train_steps({key: make_train_step(WIDE32, 256, 2, compile=compiled)}, 2, args.repeats))
         add_step_row(rows, r, key, f"train step, widths 32..512, 256x256, batch 2{tag}")
-    r.update(train_steps({"train_step_nchw": make_train_step(WIDE32, 256, 2, channels_last=False)}, 2, args.repeats))
-    r["channels_last_speedup_cpu"] = r["train_step_nchw"]["seconds"] / r["train_step"]["seconds"]
-    rows.append(("  the same step NCHW instead of channels-last", f"{r['train_step_nchw']['seconds'] * 1000:.0f} ms/step: "
-                 f"channels-last is {r['channels_last_speedup_cpu']:.2f}x as fast"))
+    r.update(train_steps({"train_step_nhwc": make_train_step(WIDE32, 256, 2, channels_last=True)}, 2, args.repeats))
+    r["channels_last_speedup_cpu"] = r["train_step"]["seconds"] / r["train_step_nhwc"]["seconds"]
+    rows.append(("  the same step channels-last (--channels_last)",
+                 f"{r['train_step_nhwc']['seconds'] * 1000:.0f} ms/step: {r['channels_last_speedup_cpu']:.2f}x as fast as NCHW"))
     step = make_train_step(WIDE32, 256, 2)[0]
     r["train_step"]["attention_kernels"] = attention_kernels(step)
     rows.append(("  its global attention runs on", ", ".join(r["train_step"]["attention_kernels"])))
@@ -395,20 +438,34 @@ def main() -> None:
     rows.append(("  where its time goes (self CPU time)", ", ".join(f"{op} {share:.0%}" for op, share in
                                                                   r["train_step"]["profile"])))
 
-    # the paper's untested bet: local attention on every decoder level of a 512 model
-    la = dataclasses.replace(WIDE32, local_attention_levels=(0, 1, 2, 3, 4))
+    # the paper's untested bet, local attention on every decoder level of a 512 model, beside run.py's
+    # default levels at 512 (the three deepest, as the paper keeps it)
+    every, deepest = (dataclasses.replace(WIDE32, local_attention_levels=levels)
+                      for levels in ((0, 1, 2, 3, 4), (2, 3, 4)))
+    la_step = make_train_step(every, 512, 1)
     r.update(train_steps({"train_step_512": make_train_step(WIDE32, 512, 1),
-                          "train_step_512_local_attention": make_train_step(la, 512, 1)}, 1, max(2, args.repeats // 2)))
+                          "train_step_512_local_attention": la_step,
+                          "train_step_512_local_attention_234": make_train_step(deepest, 512, 1)},
+                         1, max(2, args.repeats // 2)))
     add_step_row(rows, r, "train_step_512", "train step, widths 32..512, 512x512, batch 1")
-    add_step_row(rows, r, "train_step_512_local_attention", "  same, local attention on every decoder level")
-    plain, local = r["train_step_512"], r["train_step_512_local_attention"]
-    r["local_attention_ratios"] = {"time": local["seconds"] / plain["seconds"], "flops": local["flops"] / plain["flops"]}
-    rows.append(("  local attention: time ratio / FLOP ratio",
-                 f"{r['local_attention_ratios']['time']:.2f}x / {r['local_attention_ratios']['flops']:.2f}x"))
+    plain = r["train_step_512"]
+    r["local_attention_ratios"] = {}
+    for key, label in (("train_step_512_local_attention", "every decoder level"),
+                       ("train_step_512_local_attention_234", "levels 2 3 4 (run.py's default at 512)")):
+        add_step_row(rows, r, key, f"  same, local attention on {label}")
+        ratios = {"time": r[key]["seconds"] / plain["seconds"], "flops": r[key]["flops"] / plain["flops"]}
+        r["local_attention_ratios"][key.removeprefix("train_step_512_")] = ratios
+        rows.append(("    time ratio / FLOP ratio", f"{ratios['time']:.2f}x / {ratios['flops']:.2f}x"))
+    r["local_attention_levels_s"] = local_attention_level_times(every, 512, max(2, args.repeats // 2))
+    rows.append(("  local attention alone per level, forward + backward",
+                 ", ".join(f"level {lvl} {s * 1000:.0f} ms" for lvl, s in r["local_attention_levels_s"].items())))
+    r["train_step_512_local_attention"]["profile"] = step_profile(la_step[0])
+    rows.append(("  where the step with it on every level spends its time", ", ".join(
+        f"{op} {share:.0%}" for op, share in r["train_step_512_local_attention"]["profile"])))
 
     r["cpu_allocator"] = a = allocator_comparison(max(2, args.repeats // 2))
     a["speedup"] = a["glibc_default"]["seconds"] / a["kept"]["seconds"]
-    rows.append(("  CPU allocator: that step with freed memory kept (run.py)",
+    rows.append(("  CPU allocator: the plain 512 step with freed memory kept",
                  f"{a['speedup']:.2f}x as fast as glibc's default ({a['kept']['seconds']:.2f} s against "
                  f"{a['glibc_default']['seconds']:.2f} s; kernel time {a['kept']['kernel_s']:.0f} s against "
                  f"{a['glibc_default']['kernel_s']:.0f} s; peak RSS {a['kept']['peak_rss'] / 2**30:.2f} GiB "
@@ -419,6 +476,9 @@ def main() -> None:
     rows.append(("inference 512_96, 512x512, per image, onnxruntime",
                  f"{onnx_times['onnxruntime']:.2f} s = {onnx_times['onnxruntime'] / onnx_times['pytorch']:.2f}x "
                  f"PyTorch (export {onnx_times['export_s']:.0f} s)"))
+    for runtime in ("pytorch", "onnxruntime"):
+        rows.append((f"  where {runtime} spends it", ", ".join(f"{op} {share:.0%}" for op, share in
+                                                              onnx_times[f"{runtime}_profile"])))
     r["postprocess_512_s"] = postprocess_times(512, args.repeats)
     rows.append(("inference 512_96, 512x512, per image", f"{r['inference_512_96_s']:.2f} s"))
     for name, seconds in r["postprocess_512_s"].items():
@@ -437,11 +497,18 @@ def main() -> None:
     rows.append(("  then on the device (here the CPU): jitter, normalise, boundary",
                  f"{d['prepare_256_per_sample_s'] * 1000:.2f} ms per 256 px sample"))
 
-    r["peak_memory"] = {"plain": peak_memory(False), "checkpointing": peak_memory(True)}
-    where = "CUDA allocator" if torch.cuda.is_available() else "process RSS"
-    rows.append((f"512_96 train step 512x512 batch 1, peak ({where})",
-                 f"{r['peak_memory']['plain'] / 2**30:.2f} GiB, with checkpointing "
-                 f"{r['peak_memory']['checkpointing'] / 2**30:.2f} GiB"))
+    if torch.cuda.is_available():
+        r["peak_memory"] = {"plain": peak_memory(False), "checkpointing": peak_memory(True)}
+        rows.append(("512_96 train step 512x512 batch 1, peak (CUDA allocator)",
+                     f"{r['peak_memory']['plain'] / 2**30:.2f} GiB, with checkpointing "
+                     f"{r['peak_memory']['checkpointing'] / 2**30:.2f} GiB"))
+    else:   # as run.py's --keep_freed_memory auto: kept, except under gradient checkpointing
+        r["peak_memory"] = {"kept": peak_memory(False, keep=True), "glibc_default": peak_memory(False, keep=False),
+                            "checkpointing": peak_memory(True, keep=False)}
+        rows.append(("512_96 train step 512x512 batch 1, peak process RSS",
+                     f"{r['peak_memory']['kept'] / 2**30:.2f} GiB (freed memory kept), "
+                     f"{r['peak_memory']['glibc_default'] / 2**30:.2f} GiB (glibc's default), with "
+                     f"checkpointing {r['peak_memory']['checkpointing'] / 2**30:.2f} GiB (glibc's default)"))
 
     if torch.cuda.is_available():
         r["cuda"] = cuda_figures(args.repeats)

@@ -224,7 +224,6 @@ def same_shape_batches(jobs: Iterable[Job], batch_size: int) -> Iterator[list[Jo
 def torch_backend(path: Path, device: torch.device, precision: str = "auto") -> Backend:
     """A run.py checkpoint on PyTorch, under autocast as unet.pick_precision chooses."""
     dtype = unet.pick_precision(precision, device)
-    unet.keep_freed_memory(device)
     model = unet.load_model(path, device).eval()
 
     def forward(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -536,6 +535,7 @@ def predict_photos(args: argparse.Namespace) -> int:
         names = output_names(paths)
         check_no_overwrite(paths, names, args.out)
         backend = load_backend(args.checkpoint, args.device, args.precision)
+        unet.keep_freed_memory(unet.pick_device(args.device))   # a batch job: speed over handing memory back
         mapping = load_label_map(args.label_map, backend.label_set) if args.label_map else None
         selectors = class_selectors(args.classes, backend, mapping)
     except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError and dataset.DataError are ValueErrors

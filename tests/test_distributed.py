@@ -50,9 +50,11 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     run.train(run.parse_config(["--data_dir", str(data), "--output_dir", str(one), "--batch_size", "2", *COMMON]))
     a, b = read_checkpoint(two / "model.pt")["model"], read_checkpoint(one / "model.pt")["model"]
     assert_same_training(a, b)
-    # gradient norm and loss are scale-sensitive, where Adam's update is not
+    # gradient norm and loss are scale-sensitive, where Adam's update is not; a wrong averaging would be
+    # off by whole factors. NCHW convolutions of batch 1 and of batch 2 round differently: the gradient
+    # norms measured 3e-5 apart at the first step and 1.2e-4 by the third (5e-6 and 8e-5 channels-last)
     for tag in ("train/grad_norm", "train/total", "val/mIoU", "val/loss"):
-        assert scalars(two, tag) == pytest.approx(scalars(one, tag), rel=1e-4), tag
+        assert scalars(two, tag) == pytest.approx(scalars(one, tag), rel=1e-3), tag
 
     # a checkpoint written by 2 processes resumes in 1
     resumed = tmp_path / "resumed"

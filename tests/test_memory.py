@@ -49,3 +49,14 @@ def test_without_the_setting_large_blocks_are_mapped_apart():
     # so the test above fails if the setting stops working
     kept, first_in_heap, second_in_heap, _ = probe("meta")
     assert (kept, first_in_heap, second_in_heap) == ("False", "False", "False")
+
+
+@pytest.mark.parametrize("flag, checkpointing, kept", [("auto", False, True), ("auto", True, False),
+                                                        ("on", True, True), ("off", False, False)])
+def test_run_keeps_freed_memory_as_the_flag_says(monkeypatch, flag, checkpointing, kept):
+    import run
+    calls = []
+    monkeypatch.setattr(run, "keep_freed_memory", lambda device: calls.append(device) or True)
+    flags = ["--device", "cpu", "--keep_freed_memory", flag] + ["--gradient_checkpointing"] * checkpointing
+    run.setup(run.parse_config(flags))
+    assert bool(calls) == kept

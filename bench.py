@@ -198,7 +198,7 @@ def attention_kernels(step: Callable[[], None]) -> list[str]:
 
 def onnx_inference_times(config: UNetConfig, size: int, repeats: int) -> dict[str, float]:
     """Seconds per image of the same model on PyTorch and on onnxruntime (exported by predict.py's
-    exporter), timed in turns, and the export's own seconds."""
+    exporter), each timed in a block of its own, the export's own seconds, and a profile of each."""
     import onnxruntime
     import predict
     import unet
@@ -503,12 +503,12 @@ def main() -> None:
                      f"{r['peak_memory']['plain'] / 2**30:.2f} GiB, with checkpointing "
                      f"{r['peak_memory']['checkpointing'] / 2**30:.2f} GiB"))
     else:   # as run.py's --keep_freed_memory auto: kept, except under gradient checkpointing
-        r["peak_memory"] = {"kept": peak_memory(False, keep=True), "glibc_default": peak_memory(False, keep=False),
-                            "checkpointing": peak_memory(True, keep=False)}
+        r["peak_memory"] = {f"{'checkpointing' if ckpt else 'plain'}, {'kept' if keep else 'glibc_default'}":
+                            peak_memory(ckpt, keep) for ckpt in (False, True) for keep in (True, False)}
+        gib = {name: f"{peak / 2**30:.2f} GiB" for name, peak in r["peak_memory"].items()}
         rows.append(("512_96 train step 512x512 batch 1, peak process RSS",
-                     f"{r['peak_memory']['kept'] / 2**30:.2f} GiB (freed memory kept), "
-                     f"{r['peak_memory']['glibc_default'] / 2**30:.2f} GiB (glibc's default), with "
-                     f"checkpointing {r['peak_memory']['checkpointing'] / 2**30:.2f} GiB (glibc's default)"))
+                     f"freed memory kept {gib['plain, kept']} (glibc's default {gib['plain, glibc_default']}); "
+                     f"with checkpointing {gib['checkpointing, kept']} ({gib['checkpointing, glibc_default']})"))
 
     if torch.cuda.is_available():
         r["cuda"] = cuda_figures(args.repeats)

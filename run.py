@@ -128,7 +128,7 @@ class TrainConfig:
     channels_last: bool = arg(False, "train channels-last (measured no faster on the CPU, bench.py; on CUDA "
                               "GroupNorm has no channels-last kernel)")
     keep_freed_memory: str = arg("auto", "on the CPU (glibc), keep memory a step frees for the next instead of "
-                                 "returning it to the system: steps measured 1.3-2.1x as fast for 7-18%% more "
+                                 "returning it to the system: steps measured 1.3-2.1x as fast for 7-20%% more "
                                  "peak memory; auto = on unless --gradient_checkpointing",
                                  choices=["auto", "on", "off"])
     gradient_checkpointing: bool = arg(False, "recompute activations: less memory, more time")

@@ -413,8 +413,10 @@ def keep_freed_memory(device: torch.device) -> bool:
     unmaps it on free, so each step's large activations were faulted in (and zero-filled) page by page
     again. Kept, a training step of widths 32..512 at 512x512 measured 1.3-2.1x and 512_96 inference
     1.5x as fast, the kernel's share of a bench run of the step fell from 10 s to 1 s, and peak
-    memory rose 7-18% (bench.py, "CPU allocator"). The setting is the process's, inherited by forked
-    workers; serve.py does the opposite (serve.release_large_buffers) to keep a server's memory flat."""
+    memory rose 7-20% (bench.py, "CPU allocator"). The setting is the process's, inherited by forked
+    workers, and cannot be undone in it; serve.py does the opposite (serve.release_large_buffers) to
+    keep a server's memory flat. (Blocks over 64 MB asked for by other threads than the main one still
+    come from mappings: PyTorch's CPU forward and backward allocate in the calling thread.)"""
     if device.type != "cpu" or not sys.platform.startswith("linux"):
         return False
     try:

@@ -306,19 +306,24 @@ def _allocator_child(queue, keep: bool, repeats: int) -> None:
                "peak_rss": peak_rss()})
 
 
+def in_fresh_process(target: Callable[..., None], *args):
+    """What target(queue, *args) puts on its queue, run in a freshly spawned process: the allocator
+    setting is the whole process's, and a process's RSS peak never goes down."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=target, args=(queue, *args))
+    child.start()
+    result = queue.get()
+    child.join()
+    return result
+
+
 def allocator_comparison(repeats: int) -> dict[str, dict]:
     """The 512x512 training step (widths 32..512, batch 1) in two fresh processes, one with glibc's
     default malloc and one with unet.keep_freed_memory as run.py sets it: seconds per step, the
     process's kernel time and peak RSS."""
-    ctx = multiprocessing.get_context("spawn")   # a fresh process each: the setting is process-wide
-    result = {}
-    for name, keep in (("glibc_default", False), ("kept", True)):
-        queue = ctx.Queue()
-        child = ctx.Process(target=_allocator_child, args=(queue, keep, repeats))
-        child.start()
-        result[name] = queue.get()
-        child.join()
-    return result
+    return {name: in_fresh_process(_allocator_child, keep, repeats)
+            for name, keep in (("glibc_default", False), ("kept", True))}
 
 
 def _peak_rss_child(queue, checkpointing: bool, keep: bool) -> None:
@@ -343,13 +348,7 @@ def peak_memory(checkpointing: bool, keep: bool = True) -> float:
         torch.cuda.reset_peak_memory_stats()
         step()
         return torch.cuda.max_memory_allocated()
-    ctx = multiprocessing.get_context("spawn")   # a fresh process: RSS peaks never go down
-    queue = ctx.Queue()
-    child = ctx.Process(target=_peak_rss_child, args=(queue, checkpointing, keep))
-    child.start()
-    peak = queue.get()
-    child.join()
-    return peak
+    return in_fresh_process(_peak_rss_child, checkpointing, keep)
 
 
 def cuda_figures(repeats: int) -> dict:

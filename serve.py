@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import ctypes
 import email.parser
 import email.policy
 import http.client
@@ -535,11 +534,7 @@ def release_large_buffers() -> None:
     uploads come from heaps that fragment across the handler threads: resident memory crept up ~7 MB
     per 20-request burst. A fixed threshold (128 KiB, the default start) hands every large buffer back
     to the system when freed, and memory stays flat. Elsewhere (musl, macOS, Windows) nothing to do."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 17)  # M_MMAP_THRESHOLD: setting it also stops the adjustment
-    except (OSError, AttributeError):
-        pass
+    unet.mallopt((unet.M_MMAP_THRESHOLD, 1 << 17))   # setting it also stops the adjustment
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -405,6 +405,21 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4   # glibc's <malloc.h> parameter numbers
+
+
+def mallopt(*settings: tuple[int, int]) -> bool:
+    """Set glibc malloc parameters, (parameter, value) pairs as mallopt(3) takes them; False where the
+    C library is another (musl, macOS, Windows) and there is nothing to set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        set_one = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return all([bool(set_one(parameter, value)) for parameter, value in settings])
+
+
 def keep_freed_memory(device: torch.device) -> bool:
     """On the CPU under glibc (Linux), keep memory freed by one step for the next instead of handing
     it back to the kernel; returns whether the setting was made.
@@ -417,15 +432,8 @@ def keep_freed_memory(device: torch.device) -> bool:
     workers, and cannot be undone in it; serve.py does the opposite (serve.release_large_buffers) to
     keep a server's memory flat. (Blocks over 64 MB asked for by other threads than the main one still
     come from mappings: PyTorch's CPU forward and backward allocate in the calling thread.)"""
-    if device.type != "cpu" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):   # another C library (musl): nothing to set
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4          # glibc's <malloc.h> names
     # no block from mmap, and the free top of the heap never returned (-1 reads as the largest size)
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, -1))
+    return device.type == "cpu" and mallopt((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

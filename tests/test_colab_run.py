@@ -82,7 +82,9 @@ class Colab:
         self.pip_log = vm / "pip.log"
         (bin_dir / "pip").write_text(f'#!/bin/sh\necho "$PWD: pip $*" >> "{self.pip_log}"\n')
         (bin_dir / "pip").chmod(0o755)
-        (bin_dir / "python").symlink_to(sys.executable)
+        # a script, not a symlink: a link to a venv's interpreter starts the base one, without the venv's packages
+        (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        (bin_dir / "python").chmod(0o755)
         monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(vm / "stub"), os.environ.get("PYTHONPATH", "")]))
         monkeypatch.setenv("TMPDIR", str(self.tmp))

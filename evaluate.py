@@ -41,9 +41,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import (DEEPFASHION_MM, IGNORE_INDEX, LABELS, LAYOUTS, FashionDataset, LabelMap, LabelSet,
-                     boundary_target, find_pairs, get_layout, load_label_map, load_label_set, outfit_overlap,
-                     prepare_batch, prepare_images, shipped_names)
+from dataset import (LAYOUTS, FashionDataset, boundary_target, find_pairs, get_layout, outfit_overlap,
+                     prepare_batch, prepare_images)
+from labels import (DEEPFASHION_MM, IGNORE_INDEX, LABELS, LabelMap, LabelSet, load_label_map, load_label_set,
+                    shipped_names)
 import postprocess
 
 # Left out of the published table: labels under this share (in %) of the labelled pixels

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dataset import IGNORE_INDEX, LABELS, NUM_LABELS
+from labels import IGNORE_INDEX, LABELS, NUM_LABELS
 
 
 # The published weights: small accessories (eyeglass, neckwear, ring, wrist wearing, necklace,

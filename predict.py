@@ -57,8 +57,8 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
 import unet
-from dataset import (DEEPFASHION_MM, IGNORE_INDEX, DataError, LabelMap, LabelSet, load_label_map, normalize,
-                     prepare_whole_image, shipped_names)
+from dataset import DataError, normalize, prepare_whole_image
+from labels import DEEPFASHION_MM, IGNORE_INDEX, LabelMap, LabelSet, load_label_map, shipped_names
 import postprocess
 
 # Files inside a folder count as inputs only with these suffixes; files named explicitly are always tried.

@@ -58,7 +58,7 @@ from PIL import Image
 import postprocess
 import predict
 import unet
-from dataset import IGNORE_INDEX, LabelMap, load_label_map, shipped_names
+from labels import IGNORE_INDEX, LabelMap, load_label_map, shipped_names
 
 APP_DIR = Path(__file__).resolve().parent / "app"
 DEMO_CHECKPOINT = Path("runs/tiny/model.pt")  # where `python run.py` writes its final weights

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from dataset import (_IMAGE_SUFFIX, _MASK_SUFFIX, DEFAULT_TEST_SPLIT, LABELS, LabelSet, Pair, load_label_map,
-                     load_label_set, outfit_key, read_split_file)
+from dataset import _IMAGE_SUFFIX, _MASK_SUFFIX, DEFAULT_TEST_SPLIT, Pair, outfit_key, read_split_file
+from labels import LABELS, LabelSet, load_label_map, load_label_set
 
 _ID = {name: i for i, name in enumerate(LABELS)}
 _CATEGORIES = {  # (category, weight) per gender, roughly as in the real data but rare ones boosted

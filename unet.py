@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from attention import GlobalAttention, LocalAttention, position_encoding
-from dataset import DEEPFASHION_MM, FITS, NUM_LABELS, DataError, LabelSet
+from labels import DEEPFASHION_MM, NUM_LABELS, DataError, LabelSet
 
 # 2: the published architecture. 1 was this project's earlier redesign, whose weights fit no model here.
 CHECKPOINT_VERSION = 2
@@ -63,12 +63,10 @@ class UNetConfig:
     image_size: int = 512                               # training resolution (side of the square strip)
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # input (x / 255 - mean) / std: published x / 255
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    fit: str = "short_side"    # which side of a photo image_size measured in training (dataset.FITS):
-    #                            the short side of DF-MM's square strips, the long side of a letterbox
+    fit: str = "short_side"    # which side of a photo image_size measured in training (dataset.FITS, checked
+    #                            where photos are scaled): the short side of DF-MM's strips, the long side of a letterbox
 
     def __post_init__(self):
-        if self.fit not in FITS:
-            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
         if self.bottleneck not in ("simple", "attention"):
             raise ValueError(f"bottleneck must be 'simple' or 'attention', got {self.bottleneck!r}")
         if self.base_features < 2 or self.base_features % 2:

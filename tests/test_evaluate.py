@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import evaluate
-from dataset import IGNORE_INDEX
+from labels import IGNORE_INDEX
 from synthetic import write_synthetic_dataset
 from unet import PRESETS, UNet, model_checkpoint
 

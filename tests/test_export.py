@@ -14,7 +14,7 @@ from PIL import Image
 
 import predict
 import unet
-from dataset import LABELS, PALETTE
+from labels import LABELS, PALETTE
 
 # Every kind of block, local attention included, as few and as narrow as possible: each one slows the
 # export. Local attention at level 4 (1/16 of the input) gets 4x4 tiles for even block counts and 2x2

@@ -14,8 +14,9 @@ from torch import nn
 
 import evaluate
 import predict
-from dataset import (DEEPFASHION_MM, IGNORE_INDEX, LABEL_DIR, LABELS, DataError, FashionDataset, LabelSet,
-                     find_pairs, get_layout, load_label_map, load_label_set, read_mask, shipped_names, split_pairs)
+from dataset import DataError, FashionDataset, find_pairs, get_layout, read_mask, split_pairs
+from labels import (DEEPFASHION_MM, IGNORE_INDEX, LABEL_DIR, LABELS, LabelSet, load_label_map, load_label_set,
+                    shipped_names)
 from synthetic import write_synthetic_lip
 from unet import PRESETS, UNet, UNetOutput, load_model, model_checkpoint
 

@@ -17,7 +17,7 @@ from losses import (
     segmentation_loss,
     weighted_cross_entropy,
 )
-from dataset import LABELS, load_label_set
+from labels import LABELS, load_label_set
 
 
 def _lse(*xs: float) -> float:

@@ -17,7 +17,8 @@ from PIL import Image
 import evaluate
 import predict
 import run
-from dataset import DEEPFASHION_MM, IGNORE_INDEX, find_pairs, load_label_set
+from dataset import find_pairs
+from labels import DEEPFASHION_MM, IGNORE_INDEX, load_label_set
 from synthetic import write_synthetic_lip
 from unet import PRESETS, UNet, load_model, model_checkpoint, read_checkpoint
 
@@ -168,7 +169,7 @@ def test_label_map_in_predict_on_a_real_photo(dfmm_photo_model, tmp_path):
     predict.main(["--checkpoint", str(dfmm_photo_model), str(PHOTO), "--out", str(model_out), "--no-postprocess"])
     plain = np.asarray(Image.open(model_out / "grace_hopper.png"))
     mapped = np.asarray(Image.open(out / "grace_hopper.png"))
-    from dataset import load_label_map
+    from labels import load_label_map
     assert np.array_equal(mapped, load_label_map("lip").apply(plain))
     summary = json.loads((out / "grace_hopper.json").read_text())
     assert summary["label_set"] == "lip" and summary["label_map"] == "lip"

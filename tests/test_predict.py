@@ -14,7 +14,8 @@ from PIL import Image
 import postprocess
 import predict
 import unet
-from dataset import LABELS, NUM_LABELS, normalize, prepare_whole_image
+from dataset import normalize, prepare_whole_image
+from labels import LABELS, NUM_LABELS
 
 PROJECT = Path(__file__).resolve().parents[1]
 ORIENTATION = 0x0112  # the EXIF tag

@@ -22,7 +22,7 @@ from PIL import Image
 import predict
 import serve
 import unet
-from dataset import LABELS, NUM_LABELS, PALETTE, load_label_map, load_label_set
+from labels import LABELS, NUM_LABELS, PALETTE, load_label_map, load_label_set
 
 PROJECT = Path(__file__).resolve().parents[1]
 SAMPLE = PROJECT / "app" / "samples" / "dress.jpg"

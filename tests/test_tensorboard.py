@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 import run
-from dataset import LABELS
+from labels import LABELS
 from synthetic import write_synthetic_dataset
 from unet import PRESETS, read_checkpoint
 

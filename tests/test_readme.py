@@ -78,7 +78,7 @@ def check(script: str, argv: list[str]) -> None:
 
 
 @pytest.mark.parametrize("script, argv", all_commands(), ids=lambda a: " ".join(a) if isinstance(a, list) else a)
-def test_documented_command_parses(script, argv, capsys):
+def test_documented_command_parses(script, argv):
     check(script, argv)
 
 

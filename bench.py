@@ -401,7 +401,8 @@ def gpu_check(args: argparse.Namespace) -> None:
         raise SystemExit("tests/test_cuda.py failed (see above)")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed; tests/test_readme.py checks the documented commands against it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median reported)")
     parser.add_argument("--out", default="", help="also write the figures to this JSON file")
@@ -409,7 +410,11 @@ def main() -> None:
                         help="also time both CPU training steps under torch.compile (3-4 more minutes)")
     parser.add_argument("--gpu-check", action="store_true",
                         help="on a CUDA machine: tests/test_cuda.py, then the CUDA figures only (under 10 minutes)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     if args.gpu_check:
         gpu_check(args)
         return

@@ -776,7 +776,8 @@ def _write_outfit_split(root: Path, out: Path, fraction: float, seed: int) -> in
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line, parsed; tests/test_readme.py checks the documented commands against it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="list every problem in a data set; exit 1 if there are any")
@@ -792,7 +793,11 @@ def main(argv: list[str] | None = None) -> int:
     split.add_argument("--out", type=Path, required=True, help="the split file to write")
     split.add_argument("--fraction", type=float, default=0.1, help="share of the labelled images (default 0.1)")
     split.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "split":
         return _write_outfit_split(args.root, args.out, args.fraction, args.seed)

@@ -703,7 +703,9 @@ def write_synthetic_lip(out_dir: str | Path, count: int, seed: int = 0, width: i
         (out_dir / "TrainVal_images" / f"{part}_id.txt").write_text("".join(f"{n}\n" for n in names_of))
     return sorted(pairs, key=lambda p: p.stem)
 
-def main(argv: list[str] | None = None) -> int:
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed; tests/test_readme.py checks the documented commands against it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--count", type=int, required=True)
@@ -712,7 +714,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=1101)
     parser.add_argument("--layout", choices=("deepfashion-mm", "lip"), default="deepfashion-mm",
                         help="deepfashion-mm (default) or lip: LIP's layout and 20 labels")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     write = write_synthetic_lip if args.layout == "lip" else write_synthetic_dataset
     pairs = write(args.out_dir, args.count, args.seed, args.width, args.height)
     print(f"{args.out_dir}: wrote {len(pairs)} photo/mask pairs")

@@ -695,14 +695,25 @@ def describe(name: str, config: UNetConfig, size: int) -> str:
             "(a training step is about 3x that)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """`convert RELEASED OUT` (args.released and args.out) or a preset to describe (args.preset)."""
     if argv[:1] == ["convert"]:
         parser = argparse.ArgumentParser(prog="unet.py convert", description="Convert a state dict saved by "
                                          "the released code (torch.save(model.state_dict())) to a checkpoint.")
         parser.add_argument("released", help="the released code's .pt state dict")
         parser.add_argument("out", help="the checkpoint to write")
-        args = parser.parse_args(argv[1:])
+        return parser.parse_args(argv[1:])
+    parser = argparse.ArgumentParser(description="Describe a UNet preset: parameters, size, GFLOPs "
+                                     "(or `unet.py convert RELEASED.pt OUT.pt`).")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="512_96")
+    parser.add_argument("--image_size", type=int, default=None, help="default: the preset's own")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if argv[:1] == ["convert"]:
         try:
             model = convert_file(args.released, args.out)
         except CheckpointError as e:
@@ -710,11 +721,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{args.out}: {model.config}")
         return 0
-    parser = argparse.ArgumentParser(description="Describe a UNet preset: parameters, size, GFLOPs "
-                                     "(or `unet.py convert RELEASED.pt OUT.pt`).")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="512_96")
-    parser.add_argument("--image_size", type=int, default=None, help="default: the preset's own")
-    args = parser.parse_args(argv)
     config = PRESETS[args.preset]
     paper = PAPER_SIZES_MB.get(args.preset)
     print(describe(args.preset, config, args.image_size or config.image_size))

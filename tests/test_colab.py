@@ -1,6 +1,6 @@
 """Checks colab/train_colab.ipynb against the code, so the notebook cannot drift from the flags: every
 run.py, evaluate.py and predict.py command in it must parse with the current argument parsers, and
-the training stages must be README's published recipe, resume, and write to Drive; every command goes
+the training stages must be docs/training.md's published recipe, resume, and write to Drive; every command goes
 through the notebook's `sh` helper, which raises on a failure, and TensorBoard watches every stage.
 Executing the notebook is tests/test_colab_run.py.
 Run: `python -m pytest tests/test_colab.py -q`."""
@@ -23,7 +23,7 @@ NOTEBOOK = PROJECT / "colab" / "train_colab.ipynb"
 DRIVE = "/content/drive/"
 # The code's own parsers; each raises SystemExit on an unknown flag or a bad combination.
 PARSERS = {"run.py": run.parse_config, "evaluate.py": evaluate.parse_args, "predict.py": predict.parse_args}
-# TrainConfig fields the notebook sets for Colab rather than copying from README's recipe.
+# TrainConfig fields the notebook sets for Colab rather than copying from docs/training.md's recipe.
 COLAB_FIELDS = {"data_dir", "output_dir", "pretrained_model_path", "resume", "mixed_precision", "num_workers",
                 "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "checkpoints_total_limit"}
 
@@ -88,9 +88,9 @@ def script_commands(commands: list[list[str]]) -> list[tuple[str, list[str]]]:
 
 
 def readme_recipe() -> list[list[str]]:
-    """The run.py commands of README's published recipe, with its shell variables filled in."""
-    block = re.search(r"## The published recipe.*?```bash\n(.*?)```", (PROJECT / "README.md").read_text(), re.S)
-    assert block, "README.md has no published-recipe bash block"
+    """The run.py commands of docs/training.md's published recipe, with its shell variables filled in."""
+    block = re.search(r"## The published recipe.*?```bash\n(.*?)```", (PROJECT / "docs" / "training.md").read_text(), re.S)
+    assert block, "docs/training.md has no published-recipe bash block"
     variables, commands = {}, []
     for line in block.group(1).splitlines():
         if match := re.fullmatch(r"(\w+)=(.*)", line):

@@ -87,8 +87,8 @@ def _failing_cases() -> list[str]:
     return failing
 
 
-class _StatisticsFrozen(postprocess._Dust):
-    """The dust stage with no region gathering statistics: joins leave them as they were."""
+class _StatisticsFrozen(postprocess._Statistics):
+    """The regions' statistics with no region gathering them: joins leave them as they were."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -101,7 +101,7 @@ MUTATIONS = {
     "neighbours left before right": ("_NEIGHBOURS", (BELOW, ABOVE, LEFT, RIGHT)),
     "neighbours right and left first": ("_NEIGHBOURS", (RIGHT, LEFT, BELOW, ABOVE)),
     "queue taken from its first element": ("_FIRST_CYCLE_REVERSED", False),
-    "statistics not updated on join": ("_Dust", _StatisticsFrozen),
+    "statistics not updated on join": ("_Statistics", _StatisticsFrozen),
 }
 
 

@@ -7,9 +7,8 @@ one label, and both are pure numpy/scipy on one image:
 - `published` (the default): the released code's post-processing, step for step (see `published`);
   it reproduces the released output on every pixel of the 16 cases in tests/fixtures/postprocess/.
 - `regions`: this project's own method: boundary >= 0.5, a 3x3 closing, 4-connected regions of at
-  least 16 pixels, leftovers at least 0.9 sure of a label kept, the rest joining the touching region
-  with the closest mean under a tolerance that doubles each round. It scores higher than `published`
-  against the fixtures' ground truth (README, Evaluate).
+  least 16 pixels, sure leftovers kept, the rest joining the touching region with the closest mean
+  under a tolerance that doubles each round; it scores higher against the fixtures' ground truth.
 
     labels = postprocess.run("published", probs, boundary)   # (L, H, W) softmax, (H, W) sigmoid -> (H, W) uint8
     labels = postprocess.published(probs, boundary, PublishedConfig(threshold=0.2))
@@ -30,12 +29,10 @@ _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
 def _check_inputs(probs: np.ndarray, boundary: np.ndarray) -> None:
-    if not isinstance(probs, np.ndarray) or probs.ndim != 3:
-        raise ValueError(f"probs must be an (L, H, W) numpy array, got "
-                         f"{getattr(probs, 'shape', type(probs).__name__)}")
-    if not isinstance(boundary, np.ndarray) or boundary.ndim != 2:
-        raise ValueError(f"boundary must be an (H, W) numpy array, got "
-                         f"{getattr(boundary, 'shape', type(boundary).__name__)}")
+    for name, array, ndim, dims in (("probs", probs, 3, "(L, H, W)"), ("boundary", boundary, 2, "(H, W)")):
+        if not isinstance(array, np.ndarray) or array.ndim != ndim:
+            raise ValueError(f"{name} must be an {dims} numpy array, got "
+                             f"{getattr(array, 'shape', type(array).__name__)}")
     if not np.issubdtype(probs.dtype, np.floating) or not np.issubdtype(boundary.dtype, np.floating):
         raise ValueError(f"probs and boundary must be floating point (probabilities), got "
                          f"{probs.dtype} and {boundary.dtype}")
@@ -110,8 +107,8 @@ def published(probs: np.ndarray, boundary: np.ndarray, config: PublishedConfig =
          smallest L1 distance between its probabilities and the region's normalised statistics, and
          joins it if that is below join x patience, adding itself to the statistics (not of
          promotion regions); otherwise it queues again, its patience x impatience if some region
-         touched it. Released, one pixel at a time; here each cycle in vectorised rounds that take
-         the same decisions (why: `_CycleDecisions`);
+         touched it. Here each cycle is settled in vectorised rounds that take the released
+         one-pixel-at-a-time decisions (why: `_CycleDecisions`);
     10.  labels: every pixel takes the label with the largest statistic of its region.
     Beyond the released code: any H x W (it ran square images only), the outer ring labelled like
     its nearest inner pixel (it had no output there), and the per-pixel argmax where there is no
@@ -120,8 +117,7 @@ def published(probs: np.ndarray, boundary: np.ndarray, config: PublishedConfig =
     """
     _check_inputs(probs, boundary)
     if not (probs.min() >= 0 and probs.max() <= 1 + 1e-3):  # NaN fails both
-        raise ValueError(f"probs must be probabilities in [0, 1], got values from {probs.min()} to "
-                         f"{probs.max()}")
+        raise ValueError(f"probs must be probabilities in [0, 1], got values from {probs.min()} to {probs.max()}")
     num_labels, height, width = probs.shape
     if height < 3 or width < 3:
         return probs.argmax(axis=0).astype(np.uint8)
@@ -152,8 +148,7 @@ def published_walls(boundary: np.ndarray, config: PublishedConfig = PublishedCon
     size = 2 * config.expand + 1
     grown = ndimage.maximum_filter1d(walls.view(np.uint8), size, axis=0, mode="constant")
     grown = ndimage.maximum_filter1d(grown, size, axis=1, mode="constant").view(bool)
-    # The released erosion reads the grown array beyond the grid, which the frame has filled: there
-    # everything counts as set.
+    # The released erosion reads beyond the grid, where the grown frame has set everything.
     closed = _diamond_eroded(grown, config.expand)
     return (closed & ~_diamond_eroded(closed, 2)) | walls  # hollowed: the 12-pixel ring all set
 
@@ -172,11 +167,9 @@ def published_floods(walls: np.ndarray) -> tuple[np.ndarray, int]:
     """(h, w) bool walls -> ((h, w) int region ids, -1 for dust; region count) (step 6).
 
     The released flood fill claims, from each unclaimed pixel in raster order, everything connected
-    to it through 4-neighbour steps that are not wall to wall. Those steps connect symmetrically, so
-    each flood is a connected component whatever the scan order: the 4-connected open areas, merged
-    where a wall pixel touches several of them, each with the wall pixels next to it. A wall pixel
-    with no open neighbour is a flood of one.
-    """
+    to it through 4-neighbour steps that are not wall to wall. Those connect symmetrically, so each
+    flood is a connected component whatever the order: the 4-connected open areas, merged where a
+    wall pixel touches several, each with the wall pixels next to it (a lone wall pixel: its own)."""
     ids, count = ndimage.label(~walls, _FOUR_CONNECTED)  # open areas 1..count, 0 on walls
     padded = np.pad(ids, 1)
     wy, wx = np.nonzero(walls)
@@ -196,8 +189,8 @@ def published_floods(walls: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _promote_sure_dust(pixel_probs: np.ndarray, region: np.ndarray, count: int, promote: float) -> bool:
-    """Step 8: dust pixels at least `promote` sure of a label join its promotion region, id count +
-    label, in place ((hw, L) probabilities, (hw,) region ids). True if any did."""
+    """Step 8, in place: dust pixels at least `promote` sure of a label join its promotion region, id
+    count + label. True if any did."""
     dust = np.flatnonzero(region < 0)
     top = pixel_probs[dust].argmax(axis=1)
     sure = pixel_probs[dust, top] >= promote
@@ -226,30 +219,29 @@ def _join_queue(region: np.ndarray, statistics: _Statistics, shape: tuple[int, i
         statistics.add_joins()
         patience[active[(choice < 0) & touched]] *= config.impatience
         later = -later
-        if not joined.size:  # the next cycles differ only in patience: on to the first that can join
+        if joined.size:  # the frontier loses the joined pixels and gains their queued neighbours
+            around = grid.neighbours[:, joined].ravel()
+            frontier = grid.distinct(np.concatenate([frontier[region[frontier] == -1], around[region[around] == -1]]))
+        else:  # the next cycles differ only in patience: on to the first that can join
             nearest = cycle.distance[:, frontier].min(axis=0)
             waiting = patience[frontier]
             while not (nearest < config.join * waiting).any():
                 waiting, later = waiting * config.impatience, -later
             patience[frontier] = waiting
         cycle.clear(active)
-        if joined.size:  # the frontier loses the joined pixels and gains their queued neighbours
-            around = grid.neighbours[:, joined].ravel()
-            frontier = grid.distinct(np.concatenate([frontier[region[frontier] == -1],
-                                                     around[region[around] == -1]]))
     # The grid is connected and holds a region, so the frontier empties only when all have joined.
     assert (region[:-1] >= 0).all()
     return region[:-1]
 
 
 class _CycleDecisions:
-    """One cycle of the join queue, decided in vectorised rounds that take the released queue's
-    decisions, made one pixel at a time:
+    """One cycle of the join queue, decided in vectorised rounds that take the decisions the released
+    queue takes one pixel at a time:
     - The queue is always the queued pixels in raster order or its reverse: it starts in raster
       order, each cycle takes it from its last element and appends its leftovers in the order it
       visits them. So "visited earlier" compares flat indices (times `later`: 1 in a raster-order
-      cycle, -1 otherwise), and a pixel's neighbours visited after it are below and right of it in a
-      raster-order cycle, above and left otherwise.
+      cycle, -1 otherwise): the neighbours visited after a pixel are below and right of it, or above
+      and left.
     - A decision depends only on earlier visits: the regions of earlier neighbours and the joins
       before it. The sequential decisions are therefore the only fixed point of "decide every pixel
       given all others' decisions", and re-deciding in rounds only the pixels whose inputs changed
@@ -257,17 +249,17 @@ class _CycleDecisions:
       keeps each decision whose margins exceed how far its regions' statistics can have moved by its
       visit, and `_exact_rounds` re-decides the rest with the statistics at their visit (float32
       running sums in visit order, bit for bit the released `stats += p`) until nothing changes.
-    Per pixel and direction (_NEIGHBOURS order): `seen`, the region seen there (-1 a queued pixel, -2
-    outside), `distance`, its L1 distance, and `choice`, the region the pixel joins (-1 none).
     """
 
     def __init__(self, region: np.ndarray, patience: np.ndarray, statistics: _Statistics, grid: _Grid,
                  join: float):
-        # region and patience: the queue's, read here; they change between cycles only.
+        # The queue's region and patience, read here: they change between cycles only.
         self.region, self.patience, self.statistics, self.grid, self.join = region, patience, statistics, grid, join
+        # Per direction (_NEIGHBOURS order) and pixel: the region seen there (-1 a queued pixel, -2
+        # outside) and its L1 distance; per pixel the region it joins (-1 none). `clear` resets them.
         self.seen = np.full((4, grid.n + 1), -1)
         self.distance = np.full((4, grid.n + 1), np.inf, np.float32)
-        self.choice = np.full(grid.n + 1, -1)  # these persist: `clear` resets what a cycle used
+        self.choice = np.full(grid.n + 1, -1)
 
     def settle(self, frontier: np.ndarray, later: int) -> np.ndarray:
         """Decides a cycle, its joins pending in the statistics; returns the pixels involved."""
@@ -286,8 +278,7 @@ class _CycleDecisions:
         self._distances_at_start(direction, frontier[i])
         reached, pixels = [frontier], frontier
         while pixels.size:
-            changed, _ = self._decide(pixels)
-            direction, neighbours = self._pass_on(changed, later)
+            _, _, direction, neighbours = self._decide(pixels, later)
             self._distances_at_start(direction, neighbours)
             reached.append(neighbours)
             pixels = self.grid.distinct(neighbours)
@@ -297,7 +288,7 @@ class _CycleDecisions:
         """The active pixels whose decision the statistics' drift by their visit could change: their
         nearest distance within its drift of join x patience or of another region's distance."""
         if not self.statistics.join_pixels.size:
-            return self.statistics.join_pixels  # no statistics moved: every distance is exact
+            return active[:0]  # no statistics moved: every distance is exact
         grew = np.zeros(self.statistics.sums.shape[0] + 1, bool)  # [-1]: no region
         grew[self.statistics.join_regions] = True
         # Only pixels seeing a region that grew can have a distance off its exact value.
@@ -323,18 +314,24 @@ class _CycleDecisions:
             k, i = (seen >= 0).nonzero()
             means = self.statistics.means_at_visit(seen[k, i], pixels[i])
             self.distance[k, pixels[i]] = _l1(self.statistics.probs[pixels[i]], means)
-            changed, old = self._decide(pixels)
+            changed, old, _, neighbours = self._decide(pixels, later)
             if not changed.size:
                 break
-            _, neighbours = self._pass_on(changed, later)
             active = self.grid.distinct(np.concatenate([active, neighbours]))
             self._pend_joins(active, later)
-            pixels = self.grid.distinct(np.concatenate([neighbours, self._moved(changed, old, active, later)]))
+            # Statistics moved for every pixel seeing a region whose joins changed before its visit.
+            regions, at = np.concatenate([old, self.choice[changed]]), np.concatenate([changed, changed]) * later
+            grows = (regions >= 0) & (regions < self.statistics.growing)
+            first = np.full(self.statistics.sums.shape[0] + 1, np.iinfo(np.int64).max)  # [-1]: no region
+            np.minimum.at(first, regions[grows], at[grows])
+            moved = active[(later * active > first[self.seen[:, active]]).any(axis=0)]
+            pixels = self.grid.distinct(np.concatenate([neighbours, moved]))
         return active
 
-    def _decide(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _decide(self, pixels: np.ndarray, later: int) -> tuple[np.ndarray, ...]:
         """Each pixel's choice from its distances: the region at the nearest (the first of equal ones)
-        if below join x patience. Returns the pixels whose choice changed, and their old choice."""
+        if below join x patience, shown to the queued neighbours visited after it if it changed.
+        Returns (the pixels whose choice changed, their old choice, the direction those see them in, those)."""
         distance = self.distance[:, pixels]  # (4, K)
         best = distance.argmin(axis=0)
         nearest = distance[best, np.arange(pixels.size)]
@@ -343,17 +340,12 @@ class _CycleDecisions:
         pixels = pixels[changed]
         old = self.choice[pixels]
         self.choice[pixels] = new[changed]
-        return pixels, old
-
-    def _pass_on(self, pixels: np.ndarray, later: int) -> tuple[np.ndarray, np.ndarray]:
-        """Shows each pixel's choice to its queued neighbours visited after it; returns (the direction
-        in which they see it, them)."""
         table, back = self.grid.after[later]
         around = table[:, pixels]  # (2, K)
         k, i = (self.region[around] == -1).nonzero()
         direction, neighbours = back[k], around[k, i]
         self.seen[direction, neighbours] = self.choice[pixels[i]]
-        return direction, neighbours
+        return pixels, old, direction, neighbours
 
     def _distances_at_start(self, direction: np.ndarray, pixels: np.ndarray) -> None:
         """Distances of (direction, pixel) pairs to the region seen there, at the cycle's start."""
@@ -367,22 +359,11 @@ class _CycleDecisions:
         choice = self.choice[active]
         self.statistics.pend_joins(active[choice >= 0], choice[choice >= 0], later)
 
-    def _moved(self, changed: np.ndarray, old: np.ndarray, active: np.ndarray, later: int) -> np.ndarray:
-        """The active pixels seeing a region whose joins before their visit changed: the changed
-        pixels left their old choice for their new one."""
-        regions = np.concatenate([old, self.choice[changed]])
-        at = np.concatenate([changed, changed]) * later
-        grows = (regions >= 0) & (regions < self.statistics.growing)
-        first = np.full(self.statistics.sums.shape[0] + 1, np.iinfo(np.int64).max)  # [-1]: no region
-        np.minimum.at(first, regions[grows], at[grows])
-        return active[(later * active > first[self.seen[:, active]]).any(axis=0)]
-
 
 class _Statistics:
     """The regions' statistics (step 7) and the joins of the cycle being decided: `sums`, (R + L, L)
-    float32, the summed probabilities of the R floods, then one promotion region per label with its
-    one-hot vector; their normalised `means` and their `mass`. The first `growing` regions (the
-    floods) gather the pixels that join them; the promotion regions never change."""
+    float32, summed probabilities of the R floods, then one promotion region per label, its one-hot
+    vector; their `means` and `mass`. Only the first `growing` (the floods) gather joined pixels."""
 
     def __init__(self, pixel_probs: np.ndarray, region: np.ndarray, count: int):
         members = np.flatnonzero(region >= 0)
@@ -404,7 +385,7 @@ class _Statistics:
 
     def add_joins(self) -> None:
         """Adds the cycle's joins for good, one pixel at a time in visit order as the released `stats += p`."""
-        last = np.ones(self.join_regions.size, bool)
+        last = np.ones(self.join_regions.size, bool)  # the last join into each region
         last[:-1] = self.join_regions[1:] != self.join_regions[:-1]
         regions = self.join_regions[last]
         self.sums[regions] = _running_sums(self.sums, self.probs[self.join_pixels], self.join_regions)[last]
@@ -455,8 +436,7 @@ class _Grid:
         self.neighbours = np.full((4, n + 1), n)  # (4, N + 1) in _NEIGHBOURS order
         for k, (dy, dx) in enumerate(_NEIGHBOURS):
             self.neighbours[k, :n] = index[1 + dy:h + 1 + dy, 1 + dx:w + 1 + dx].ravel()
-        # Per visit order (later = 1: raster order): the neighbours visited after a pixel, and the
-        # direction in which they see it.
+        # Per visit order (1: raster order): the neighbours visited after a pixel, the direction they see it in.
         offsets = np.array([dy * w + dx for dy, dx in _NEIGHBOURS])
         opposite = np.array([_NEIGHBOURS.index((-dy, -dx)) for dy, dx in _NEIGHBOURS])
         self.after = {later: (self.neighbours[later * offsets > 0], opposite[later * offsets > 0])
@@ -473,7 +453,6 @@ class _Grid:
 def _running_sums(start: np.ndarray, values: np.ndarray, segment: np.ndarray) -> np.ndarray:
     """Running float32 sums, one row at a time: out[i] = start[segment[i]] + values[j] + ... +
     values[i] for the rows j..i of i's segment so far (segment sorted). (S, L), (M, L), (M,) -> (M, L).
-
     Segments of similar length sit side by side as the columns of one array, padded with zeros, so one
     np.cumsum down its first axis (which adds in order) does a whole group bit for bit."""
     if not segment.size:
@@ -553,11 +532,9 @@ class RegionsConfig:
 
 def boundary_regions(boundary: np.ndarray, config: RegionsConfig = RegionsConfig()
                      ) -> tuple[np.ndarray, int]:
-    """(H, W) boundary probabilities -> ((H, W) int32 region ids, region count).
-
-    Ids run 1..count over the 4-connected non-boundary regions of at least `min_region_size`
-    pixels; 0 marks leftover pixels (boundary after closing, and specks).
-    """
+    """(H, W) boundary probabilities -> ((H, W) int32 region ids, region count): ids 1..count for the
+    4-connected non-boundary regions of at least `min_region_size` pixels, 0 for leftover pixels
+    (boundary after closing, and specks)."""
     edge = boundary >= config.boundary_threshold  # (H, W) bool
     if config.closing_iterations > 0:  # scipy reads iterations=0 as "repeat until nothing changes"
         edge = ndimage.binary_dilation(edge, _EIGHT_CONNECTED, config.closing_iterations)
@@ -575,11 +552,8 @@ def boundary_regions(boundary: np.ndarray, config: RegionsConfig = RegionsConfig
 
 
 def regions(probs: np.ndarray, boundary: np.ndarray, config: RegionsConfig = RegionsConfig()) -> np.ndarray:
-    """(L, H, W) softmax probabilities and (H, W) boundary probabilities -> (H, W) uint8 labels.
-
-    Every pixel is labelled and nothing is cropped. Without any region (everything boundary), the
-    result is the per-pixel argmax.
-    """
+    """(L, H, W) softmax probabilities and (H, W) boundary probabilities -> (H, W) uint8 labels, every
+    pixel labelled; the per-pixel argmax without any region (everything boundary)."""
     _check_inputs(probs, boundary)
     num_labels, height, width = probs.shape
     flat = probs.reshape(num_labels, -1)  # (L, HW)
@@ -588,24 +562,19 @@ def regions(probs: np.ndarray, boundary: np.ndarray, config: RegionsConfig = Reg
         return probs.argmax(axis=0).astype(np.uint8)
     ids = regions.ravel()  # (HW,) view of our own fresh array, so updating it in place is safe
     count = _promote_sure_pixels(ids, flat, count, config.promote_threshold)
-
     # Pooling the probability mass, not the argmax votes, lets confident pixels outweigh unsure ones.
     mass = np.stack([np.bincount(ids, weights=p, minlength=count + 1) for p in flat])  # (L, R+1)
     region_label = mass.argmax(axis=0).astype(np.uint8)  # (R+1,); entry 0 unused: growth fills all
     sizes = np.bincount(ids, minlength=count + 1)  # (R+1,)
     means = mass / np.maximum(sizes, 1)  # (L, R+1) mean probability vector per region
-
     _grow(ids, flat, means, (height, width), config)
     return region_label[ids].reshape(height, width)
 
 
 def _promote_sure_pixels(ids: np.ndarray, flat: np.ndarray, count: int, threshold: float) -> int:
-    """Turns leftover pixels at least `threshold` sure of a label into one new region per label.
-
-    ids: (HW,) region ids, updated in place; flat: (L, HW) probabilities. Returns the new count.
-    One region per label rather than per blob: its pixels all share the label and the mean only
-    guides which leftover neighbours join it.
-    """
+    """Turns leftover pixels at least `threshold` sure of a label into one new region per label (not
+    per blob: its pixels all share the label, and the mean only guides which neighbours join it).
+    ids: (HW,) region ids, updated in place; flat: (L, HW) probabilities. Returns the new count."""
     leftover = np.flatnonzero(ids == 0)  # (K,)
     pixel_probs = flat[:, leftover]  # (L, K)
     top = pixel_probs.argmax(axis=0)  # (K,)
@@ -617,12 +586,10 @@ def _promote_sure_pixels(ids: np.ndarray, flat: np.ndarray, count: int, threshol
 
 def _grow(ids: np.ndarray, flat: np.ndarray, means: np.ndarray, shape: tuple[int, int],
           config: RegionsConfig) -> None:
-    """Gives every leftover pixel (id 0) the id of the touching region closest to it, in place.
-
-    ids: (HW,) with at least one region; flat: (L, HW) probabilities; means: (L, R+1).
-    Each round first spreads as far as its tolerance allows, one layer of pixels at a time, so a
-    band fills from the side it resembles before a later, laxer round lets the other side in.
-    """
+    """Gives every leftover pixel (id 0) the id of the touching region closest to it, in place; ids:
+    (HW,) with at least one region, flat: (L, HW) probabilities, means: (L, R+1). Each round first
+    spreads as far as its tolerance allows, one layer of pixels at a time, so a band fills from the
+    side it resembles before a later, laxer round lets the other side in."""
     height, width = shape
     for round_ in range(config.max_rounds):
         tolerance = config.initial_tolerance * config.tolerance_growth ** round_
@@ -642,9 +609,8 @@ def _grow(ids: np.ndarray, flat: np.ndarray, means: np.ndarray, shape: tuple[int
             candidates = np.unique(around[ids[around] == 0])
 
 
-def _closest_touching_region(candidates: np.ndarray, ids: np.ndarray, flat: np.ndarray,
-                             means: np.ndarray, height: int, width: int
-                             ) -> tuple[np.ndarray, np.ndarray]:
+def _closest_touching_region(candidates: np.ndarray, ids: np.ndarray, flat: np.ndarray, means: np.ndarray,
+                             height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(K,) flat pixel indices -> (K,) id of the closest touching region (0: none touches), and
     the (K,) L1 distance between the pixel's probabilities and that region's mean (inf: none)."""
     neighbours = _neighbours(candidates, height, width)  # (4, K), -1 outside the image
@@ -661,8 +627,7 @@ def _closest_touching_region(candidates: np.ndarray, ids: np.ndarray, flat: np.n
 
 
 def _neighbours(indices: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(K,) flat pixel indices -> (4, K) flat indices of the up/down/left/right neighbours, -1 where
-    that neighbour would be outside the image."""
+    """(K,) flat pixel indices -> (4, K) flat indices of the up/down/left/right neighbours, -1 outside."""
     row, col = np.divmod(indices, width)
     stacked = np.stack([indices - width, indices + width, indices - 1, indices + 1])  # (4, K)
     inside = np.stack([row > 0, row < height - 1, col > 0, col < width - 1])  # (4, K)

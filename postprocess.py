@@ -7,15 +7,16 @@ one label, and both are pure numpy/scipy on one image:
 - `published` (the default): the released code's post-processing, step for step (see `published`);
   it reproduces the released output on every pixel of the 16 cases in tests/fixtures/postprocess/.
 - `regions`: this project's own method: boundary >= 0.5, a 3x3 closing, 4-connected regions of at
-  least 16 pixels, leftovers at least 0.9 sure of a label kept, the rest joining the touching region
-  with the closest mean under a tolerance that doubles each round. It scores higher than `published`
-  against the fixtures' ground truth (README, Evaluate).
+  least 16 pixels, sure leftovers kept, the rest joining the touching region with the closest mean
+  under a tolerance that doubles each round; it scores higher against the fixtures' ground truth.
 
     labels = postprocess.run("published", probs, boundary)   # (L, H, W) softmax, (H, W) sigmoid -> (H, W) uint8
     labels = postprocess.published(probs, boundary, PublishedConfig(threshold=0.2))
     labels = postprocess.regions(probs, boundary, RegionsConfig())
     regions, count = boundary_regions(boundary, RegionsConfig())   # the regions method's step 2, for pictures
 """
+
+from __future__ import annotations
 
 from dataclasses import dataclass
 
@@ -28,12 +29,10 @@ _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
 def _check_inputs(probs: np.ndarray, boundary: np.ndarray) -> None:
-    if not isinstance(probs, np.ndarray) or probs.ndim != 3:
-        raise ValueError(f"probs must be an (L, H, W) numpy array, got "
-                         f"{getattr(probs, 'shape', type(probs).__name__)}")
-    if not isinstance(boundary, np.ndarray) or boundary.ndim != 2:
-        raise ValueError(f"boundary must be an (H, W) numpy array, got "
-                         f"{getattr(boundary, 'shape', type(boundary).__name__)}")
+    for name, array, ndim, dims in (("probs", probs, 3, "(L, H, W)"), ("boundary", boundary, 2, "(H, W)")):
+        if not isinstance(array, np.ndarray) or array.ndim != ndim:
+            raise ValueError(f"{name} must be an {dims} numpy array, got "
+                             f"{getattr(array, 'shape', type(array).__name__)}")
     if not np.issubdtype(probs.dtype, np.floating) or not np.issubdtype(boundary.dtype, np.floating):
         raise ValueError(f"probs and boundary must be floating point (probabilities), got "
                          f"{probs.dtype} and {boundary.dtype}")
@@ -44,6 +43,14 @@ def _check_inputs(probs: np.ndarray, boundary: np.ndarray) -> None:
         raise ValueError(f"probs has {probs.shape[0]} labels; a uint8 label map holds 1 to 256")
     if probs.size == 0:
         raise ValueError(f"empty image: probs has shape {probs.shape}")
+
+
+def _check_fields(config: object, **rules: tuple[bool, str]) -> None:
+    """One ValueError naming every field of the config whose rule, given as (holds, "must be ..."), fails."""
+    problems = [f"{field} must be {rule}, got {getattr(config, field)}" for field, (holds, rule) in rules.items()
+                if not holds]
+    if problems:
+        raise ValueError(f"invalid {type(config).__name__}: " + "; ".join(problems))
 
 
 # ---- the published method ---------------------------------------------------------------------
@@ -76,19 +83,9 @@ class PublishedConfig:
     impatience: float = 1.5
 
     def __post_init__(self) -> None:
-        problems = []
-        if not 0.0 <= self.threshold < 1.0:
-            problems.append(f"threshold must be in [0, 1), got {self.threshold}")
-        if self.expand < 0:
-            problems.append(f"expand must be >= 0, got {self.expand}")
-        if not 0.0 < self.promote <= 1.0:
-            problems.append(f"promote must be in (0, 1], got {self.promote}")
-        if self.join <= 0.0:
-            problems.append(f"join must be > 0, got {self.join}")
-        if self.impatience <= 1.0:
-            problems.append(f"impatience must be > 1, got {self.impatience}")
-        if problems:
-            raise ValueError("invalid PublishedConfig: " + "; ".join(problems))
+        _check_fields(self, threshold=(0.0 <= self.threshold < 1.0, "in [0, 1)"), expand=(self.expand >= 0, ">= 0"),
+                      promote=(0.0 < self.promote <= 1.0, "in (0, 1]"), join=(self.join > 0.0, "> 0"),
+                      impatience=(self.impatience > 1.0, "> 1"))
 
 
 def published(probs: np.ndarray, boundary: np.ndarray, config: PublishedConfig = PublishedConfig()
@@ -101,15 +98,18 @@ def published(probs: np.ndarray, boundary: np.ndarray, config: PublishedConfig =
          plus the grid's frame; closed (11x11 square dilation, diamond erosion) and hollowed;
     6.   floods (`published_floods`): areas between 2-pixel walls; more than 10 pixels make a region,
          the rest is dust;
-    7.   each region's statistics: its summed probabilities; one more "promotion" region per label,
-         whose statistics are that label's one-hot vector;
-    8.   dust pixels at least `promote` sure of a label join its promotion region, the rest queue;
-    9.   in cycles over the queue (its last element first), a pixel looks at its neighbours below,
-         above, right and left, takes the region with the smallest L1 distance between its
-         probabilities and the region's normalised statistics, and joins it if that is below
-         join x patience, adding itself to the statistics (not of promotion regions); otherwise it
-         queues again, its patience x impatience if some region touched it;
-    10.  every pixel takes the label with the largest statistic of its region.
+    7.   statistics (`_Statistics`): each region's summed probabilities; one more "promotion" region
+         per label, whose statistics are that label's one-hot vector;
+    8.   promotion (`_promote_sure_dust`): dust pixels at least `promote` sure of a label join its
+         promotion region, the rest queue;
+    9.   the patient join queue (`_join_queue`): in cycles over the queue (its last element first), a
+         pixel looks at its neighbours below, above, right and left, takes the region with the
+         smallest L1 distance between its probabilities and the region's normalised statistics, and
+         joins it if that is below join x patience, adding itself to the statistics (not of
+         promotion regions); otherwise it queues again, its patience x impatience if some region
+         touched it. Here each cycle is settled in vectorised rounds that take the released
+         one-pixel-at-a-time decisions (why: `_CycleDecisions`);
+    10.  labels: every pixel takes the label with the largest statistic of its region.
     Beyond the released code: any H x W (it ran square images only), the outer ring labelled like
     its nearest inner pixel (it had no output there), and the per-pixel argmax where there is no
     region and no promoted pixel (it would never finish) or the image is under 3 pixels high or wide.
@@ -117,31 +117,21 @@ def published(probs: np.ndarray, boundary: np.ndarray, config: PublishedConfig =
     """
     _check_inputs(probs, boundary)
     if not (probs.min() >= 0 and probs.max() <= 1 + 1e-3):  # NaN fails both
-        raise ValueError(f"probs must be probabilities in [0, 1], got values from {probs.min()} to "
-                         f"{probs.max()}")
+        raise ValueError(f"probs must be probabilities in [0, 1], got values from {probs.min()} to {probs.max()}")
     num_labels, height, width = probs.shape
     if height < 3 or width < 3:
         return probs.argmax(axis=0).astype(np.uint8)
     probs = probs.astype(np.float32, copy=False)
-    inner = probs[:, 1:-1, 1:-1]  # (L, h, w)
     h, w = height - 2, width - 2
+    pixel_probs = np.ascontiguousarray(probs[:, 1:-1, 1:-1].transpose(1, 2, 0)).reshape(h * w, num_labels)
     walls = published_walls(boundary.astype(np.float32, copy=False)[1:-1, 1:-1], config)
     region, count = published_floods(walls)
     region = region.ravel()  # (hw,) region id, -1 for dust
-    pixel_probs = np.ascontiguousarray(inner.transpose(1, 2, 0)).reshape(h * w, num_labels)  # (hw, L)
-    members = np.flatnonzero(region >= 0)
-    # Sums in raster order, one pixel at a time in float32, as a loop over the pixels would add them.
-    member_of = sparse.csr_matrix((np.ones(members.size, np.float32), (region[members], members)),
-                                  shape=(count, h * w))
-    stats = np.concatenate([member_of @ pixel_probs, np.eye(num_labels, dtype=np.float32)])  # (R + L, L)
-    dust = np.flatnonzero(region < 0)
-    top = pixel_probs[dust].argmax(axis=1)
-    sure = pixel_probs[dust, top] >= config.promote
-    region[dust[sure]] = count + top[sure]  # promotion region of label l: id count + l
-    if count == 0 and not sure.any():
+    statistics = _Statistics(pixel_probs, region, count)
+    if not _promote_sure_dust(pixel_probs, region, count, config.promote) and count == 0:
         return probs.argmax(axis=0).astype(np.uint8)
-    region = _Dust(pixel_probs, region, stats, count, (h, w), config).run()
-    labels = stats.argmax(axis=1).astype(np.uint8)[region].reshape(h, w)
+    region = _join_queue(region, statistics, (h, w), config)
+    labels = statistics.sums.argmax(axis=1).astype(np.uint8)[region].reshape(h, w)
     return np.pad(labels, 1, mode="edge")
 
 
@@ -158,8 +148,7 @@ def published_walls(boundary: np.ndarray, config: PublishedConfig = PublishedCon
     size = 2 * config.expand + 1
     grown = ndimage.maximum_filter1d(walls.view(np.uint8), size, axis=0, mode="constant")
     grown = ndimage.maximum_filter1d(grown, size, axis=1, mode="constant").view(bool)
-    # The released erosion reads the grown array beyond the grid, which the frame has filled: there
-    # everything counts as set.
+    # The released erosion reads beyond the grid, where the grown frame has set everything.
     closed = _diamond_eroded(grown, config.expand)
     return (closed & ~_diamond_eroded(closed, 2)) | walls  # hollowed: the 12-pixel ring all set
 
@@ -178,11 +167,9 @@ def published_floods(walls: np.ndarray) -> tuple[np.ndarray, int]:
     """(h, w) bool walls -> ((h, w) int region ids, -1 for dust; region count) (step 6).
 
     The released flood fill claims, from each unclaimed pixel in raster order, everything connected
-    to it through 4-neighbour steps that are not wall to wall. Those steps connect symmetrically, so
-    each flood is a connected component whatever the scan order: the 4-connected open areas, merged
-    where a wall pixel touches several of them, each with the wall pixels next to it. A wall pixel
-    with no open neighbour is a flood of one.
-    """
+    to it through 4-neighbour steps that are not wall to wall. Those connect symmetrically, so each
+    flood is a connected component whatever the order: the 4-connected open areas, merged where a
+    wall pixel touches several, each with the wall pixels next to it (a lone wall pixel: its own)."""
     ids, count = ndimage.label(~walls, _FOUR_CONNECTED)  # open areas 1..count, 0 on walls
     padded = np.pad(ids, 1)
     wy, wx = np.nonzero(walls)
@@ -201,248 +188,271 @@ def published_floods(walls: np.ndarray) -> tuple[np.ndarray, int]:
     return renumber[flood], int(keep.sum())
 
 
-class _Dust:
-    """Steps 8-9 of the released post-processing: the queue of dust pixels, settled in cycles.
+def _promote_sure_dust(pixel_probs: np.ndarray, region: np.ndarray, count: int, promote: float) -> bool:
+    """Step 8, in place: dust pixels at least `promote` sure of a label join its promotion region, id
+    count + label. True if any did."""
+    dust = np.flatnonzero(region < 0)
+    top = pixel_probs[dust].argmax(axis=1)
+    sure = pixel_probs[dust, top] >= promote
+    region[dust[sure]] = count + top[sure]
+    return bool(sure.any())
 
-    Flat pixel indices of the (h, w) grid; index N = h * w stands for "outside". The released code
-    visits every queued pixel one at a time; this visits the same pixels in the same order and takes
-    the same decisions, in vectorised rounds:
+
+# ---- the published method, step 9: the patient join queue ---------------------------------------
+
+def _join_queue(region: np.ndarray, statistics: _Statistics, shape: tuple[int, int],
+                config: PublishedConfig) -> np.ndarray:
+    """Step 9: (hw,) region ids, -1 queued -> (hw,) region ids, every pixel in a region; `statistics`
+    gathers the joins. Cycle after cycle (`_CycleDecisions` decides each), on the frontier: a pixel
+    no region touches goes back unchanged, so only queued pixels next to a region can join."""
+    grid = _Grid(*shape)
+    region = np.append(region, -2)  # (N + 1,): region, -1 queued, -2 outside
+    patience = np.ones(grid.n + 1)
+    cycle = _CycleDecisions(region, patience, statistics, grid, config.join)
+    frontier = np.flatnonzero((region[:-1] == -1) & (region[grid.neighbours[:, :-1]] >= 0).any(axis=0))
+    later = -1 if _FIRST_CYCLE_REVERSED else 1  # a cycle's visit order, 1: raster order
+    while frontier.size:
+        active = cycle.settle(frontier, later)
+        choice, touched = cycle.choice[active], (cycle.seen[:, active] >= 0).any(axis=0)
+        joined = active[choice >= 0]
+        region[joined] = choice[choice >= 0]
+        statistics.add_joins()
+        patience[active[(choice < 0) & touched]] *= config.impatience
+        later = -later
+        if joined.size:  # the frontier loses the joined pixels and gains their queued neighbours
+            around = grid.neighbours[:, joined].ravel()
+            frontier = grid.distinct(np.concatenate([frontier[region[frontier] == -1], around[region[around] == -1]]))
+        else:  # the next cycles differ only in patience: on to the first that can join
+            nearest = cycle.distance[:, frontier].min(axis=0)
+            waiting = patience[frontier]
+            while not (nearest < config.join * waiting).any():
+                waiting, later = waiting * config.impatience, -later
+            patience[frontier] = waiting
+        cycle.clear(active)
+    # The grid is connected and holds a region, so the frontier empties only when all have joined.
+    assert (region[:-1] >= 0).all()
+    return region[:-1]
+
+
+class _CycleDecisions:
+    """One cycle of the join queue, decided in vectorised rounds that take the decisions the released
+    queue takes one pixel at a time:
     - The queue is always the queued pixels in raster order or its reverse: it starts in raster
       order, each cycle takes it from its last element and appends its leftovers in the order it
-      visits them. So "visited earlier" compares flat indices, and the neighbours visited after a
-      pixel are those with a larger index in a forward cycle (below, right), a smaller one otherwise.
-    - A pixel no region touches goes back unchanged, so a cycle only needs the frontier (queued
-      pixels next to a region) and the pixels its joins reach.
+      visits them. So "visited earlier" compares flat indices (times `later`: 1 in a raster-order
+      cycle, -1 otherwise): the neighbours visited after a pixel are below and right of it, or above
+      and left.
     - A decision depends only on earlier visits: the regions of earlier neighbours and the joins
       before it. The sequential decisions are therefore the only fixed point of "decide every pixel
       given all others' decisions", and re-deciding in rounds only the pixels whose inputs changed
-      reaches it. Rounds first use the statistics of the cycle's start; then each decision is kept
-      if its margins exceed how far the statistics of its regions can have moved by its visit (joins
-      of p_j with sums s_j move a region's normalised statistics by at most sum |p_j - s_j m| / S in
-      L1, m and S its mean and mass at the cycle's start); the rest are re-decided with the exact
-      statistics at their visit (float32 running sums in visit order, bit for bit the released
-      `stats += p`) until nothing changes.
-    - A cycle without joins changes only patience, so the empty cycles after it are skipped at once.
+      reaches it. `_rounds_at_start` decides with the statistics of the cycle's start, `_unsure`
+      keeps each decision whose margins exceed how far its regions' statistics can have moved by its
+      visit, and `_exact_rounds` re-decides the rest with the statistics at their visit (float32
+      running sums in visit order, bit for bit the released `stats += p`) until nothing changes.
     """
 
-    def __init__(self, pixel_probs: np.ndarray, region: np.ndarray, stats: np.ndarray, growing: int,
-                 shape: tuple[int, int], config: PublishedConfig):
-        h, w = shape
-        n = h * w
-        self.probs, self.stats, self.growing, self.n = pixel_probs, stats, growing, n
-        self.span = 2 * (n + 1)  # _key: regions apart by more than any visit position
-        self.join, self.impatience = config.join, config.impatience
-        self.means = _normalised(stats)  # (R + L, L)
-        self.mass = stats.sum(axis=1, dtype=np.float64)  # (R + L,)
-        self.region = np.append(region, -2)  # (N + 1,): region, -1 queued, -2 outside
-        index = np.full((h + 2, w + 2), n)
-        index[1:-1, 1:-1] = np.arange(n).reshape(h, w)
-        self.neighbours = np.full((4, n + 1), n)  # (4, N + 1) in _NEIGHBOURS order, N outside
-        for k, (dy, dx) in enumerate(_NEIGHBOURS):
-            self.neighbours[k, :n] = index[1 + dy:h + 1 + dy, 1 + dx:w + 1 + dx].ravel()
-        # Per visit direction (1: raster order): the neighbours visited after a pixel, and the
-        # direction in which they see it.
-        offsets = np.array([dy * w + dx for dy, dx in _NEIGHBOURS])
-        opposite = np.array([_NEIGHBOURS.index((-dy, -dx)) for dy, dx in _NEIGHBOURS])
-        self.after = {later: (self.neighbours[later * offsets > 0], opposite[later * offsets > 0])
-                      for later in (1, -1)}
-        self.patience = np.ones(n + 1)
-        # Per pixel and direction, for this cycle: the region seen there (-1 none), its distance.
-        self.seen = np.full((4, n + 1), -1)
-        self.distance = np.full((4, n + 1), np.inf, np.float32)
-        self.choice = np.full(n + 1, -1)  # the region a pixel joins this cycle, -1 none
-        self.slot = np.full(n + 1, -1)  # scratch for _distinct
-        near = (self.region[self.neighbours[:, :n]] >= 0).any(axis=0)
-        self.frontier = np.flatnonzero((region < 0) & near)
-        self.join_list = None  # this cycle's joins, while the decisions stand
+    def __init__(self, region: np.ndarray, patience: np.ndarray, statistics: _Statistics, grid: _Grid,
+                 join: float):
+        # The queue's region and patience, read here: they change between cycles only.
+        self.region, self.patience, self.statistics, self.grid, self.join = region, patience, statistics, grid, join
+        # Per direction (_NEIGHBOURS order) and pixel: the region seen there (-1 a queued pixel, -2
+        # outside) and its L1 distance; per pixel the region it joins (-1 none). `clear` resets them.
+        self.seen = np.full((4, grid.n + 1), -1)
+        self.distance = np.full((4, grid.n + 1), np.inf, np.float32)
+        self.choice = np.full(grid.n + 1, -1)
 
-    def run(self) -> np.ndarray:
-        """Settles every queued pixel; returns the (N,) region ids."""
-        forward = not _FIRST_CYCLE_REVERSED
-        while self.frontier.size:
-            joined = self._cycle(1 if forward else -1)
-            forward = not forward
-            if not joined:
-                forward = self._skip_empty_cycles(forward)
-        # The grid is connected and holds a region, so the frontier empties only when all have joined.
-        assert (self.region[:-1] >= 0).all()
-        return self.region[:-1]
+    def settle(self, frontier: np.ndarray, later: int) -> np.ndarray:
+        """Decides a cycle, its joins pending in the statistics; returns the pixels involved."""
+        active = self._rounds_at_start(frontier, later)
+        self._pend_joins(active, later)
+        return self._exact_rounds(self._unsure(active), active, later)
 
-    def _distinct(self, pixels: np.ndarray) -> np.ndarray:
-        """The distinct entries of pixels (flat indices), in no particular order."""
-        ranks = np.arange(pixels.size)
-        self.slot[pixels] = ranks
-        return pixels[self.slot[pixels] == ranks]
-
-    def _skip_empty_cycles(self, forward: bool) -> bool:
-        """After a cycle without joins, the next ones differ only in patience until one can join."""
-        patience = self.patience[self.frontier]
-        while not (self.nearest < self.join * patience).any():
-            patience = patience * self.impatience
-            forward = not forward
-        self.patience[self.frontier] = patience
-        return forward
-
-    def _decide(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Region each pixel joins (-1: none) from the regions it sees, and its nearest distance."""
-        distance = self.distance[:, pixels]  # (4, K)
-        best = distance.argmin(axis=0)  # the first of equal distances
-        nearest = distance[best, np.arange(pixels.size)]
-        joins = nearest < self.join * self.patience[pixels]
-        return np.where(joins, self.seen[best, pixels], -1), nearest
-
-    def _visited_after(self, pixels: np.ndarray, later: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Queued neighbours visited after each pixel: (their direction back to it, them, it)."""
-        table, back = self.after[later]
-        around = table[:, pixels]  # (2, K)
-        k, i = (self.region[around] == -1).nonzero()
-        return back[k], around[k, i], pixels[i]
-
-    def _cycle(self, later: int) -> bool:
-        """One cycle (later = 1: raster order, -1: reverse); True if some pixel joined."""
-        frontier = self.frontier
-        self.join_list = None
-        active = self._spread(frontier, later)
-        active = self._settle(active, later)
-        choice, seen = self.choice[active], self.seen[:, active]
-        joined = active[choice >= 0]
-        touched = active[(choice < 0) & (seen >= 0).any(axis=0)]
-        self.patience[touched] *= self.impatience
-        self._commit(joined, active, later)
+    def clear(self, active: np.ndarray) -> None:
         self.seen[:, active], self.distance[:, active], self.choice[active] = -1, np.inf, -1
-        if joined.size:
-            around = self.neighbours[:, joined].ravel()
-            around = around[self.region[around] == -1]
-            self.frontier = self._distinct(np.concatenate([frontier[self.region[frontier] == -1], around]))
-        return bool(joined.size)
 
-    def _spread(self, frontier: np.ndarray, later: int) -> np.ndarray:
-        """Decisions with the statistics of the cycle's start: joins pass on along the visit order.
-        Returns the pixels involved."""
-        static = self.region[self.neighbours[:, frontier]]  # (4, F) regions next to the frontier
-        self.seen[:, frontier] = static
-        k, i = (static >= 0).nonzero()
-        self.distance[k, frontier[i]] = _l1(self.probs[frontier[i]], self.means[static[k, i]])
-        parts, pixels, first = [frontier], frontier, True
+    def _rounds_at_start(self, frontier: np.ndarray, later: int) -> np.ndarray:
+        """Decisions with the statistics of the cycle's start, to their fixed point: each round passes
+        the choices that changed on to the neighbours visited after. Returns the pixels involved."""
+        self.seen[:, frontier] = self.region[self.grid.neighbours[:, frontier]]  # (4, F)
+        direction, i = (self.seen[:, frontier] >= 0).nonzero()
+        self._distances_at_start(direction, frontier[i])
+        reached, pixels = [frontier], frontier
         while pixels.size:
-            new, nearest = self._decide(pixels)
-            if first:
-                self.nearest, first = nearest, False  # for _skip_empty_cycles
-            changed = new != self.choice[pixels]
-            pixels = pixels[changed]
-            self.choice[pixels] = new[changed]
-            direction, later_pixels, source = self._visited_after(pixels, later)
-            regions = self.choice[source]
-            self.seen[direction, later_pixels] = regions
-            distance = np.full(regions.size, np.inf, np.float32)
-            sees = regions >= 0
-            distance[sees] = _l1(self.probs[later_pixels[sees]], self.means[regions[sees]])
-            self.distance[direction, later_pixels] = distance
-            parts.append(later_pixels)
-            pixels = self._distinct(later_pixels)
-        return self._distinct(np.concatenate(parts)) if len(parts) > 1 else frontier
+            _, _, direction, neighbours = self._decide(pixels, later)
+            self._distances_at_start(direction, neighbours)
+            reached.append(neighbours)
+            pixels = self.grid.distinct(neighbours)
+        return self.grid.distinct(np.concatenate(reached))
 
-    def _settle(self, active: np.ndarray, later: int) -> np.ndarray:
-        """Keeps the decisions the statistics' drift cannot change; settles the others exactly."""
-        joins, regions, keys = self._joins(active, later)
-        if not joins.size:
-            return active  # no statistics moved: every distance was exact
-        p = self.probs[joins]
-        moved = np.zeros(joins.size + 1)  # running sum of |p_j - s_j m| in this order
-        np.cumsum(_l1(p, p.sum(axis=1, keepdims=True) * self.means[regions]), dtype=np.float64, out=moved[1:])
-        grew = np.zeros(self.stats.shape[0] + 1, bool)  # [-1]: no region
-        grew[regions] = True
+    def _unsure(self, active: np.ndarray) -> np.ndarray:
+        """The active pixels whose decision the statistics' drift by their visit could change: their
+        nearest distance within its drift of join x patience or of another region's distance."""
+        if not self.statistics.join_pixels.size:
+            return active[:0]  # no statistics moved: every distance is exact
+        grew = np.zeros(self.statistics.sums.shape[0] + 1, bool)  # [-1]: no region
+        grew[self.statistics.join_regions] = True
         # Only pixels seeing a region that grew can have a distance off its exact value.
-        columns = self._distinct(grew[self.seen[:, active]].nonzero()[1])
-        pixels = active[columns]
+        pixels = active[self.grid.distinct(grew[self.seen[:, active]].nonzero()[1])]
         seen = self.seen[:, pixels]  # (4, C)
         k, i = grew[seen].nonzero()
-        r = seen[k, i]
-        before = keys.searchsorted(self._key(r, pixels[i], later))
-        start = keys.searchsorted(r * self.span)
         drift = np.zeros(seen.shape)  # (4, C) how far each distance can be from its exact value
-        drift[k, i] = np.where(before > start, (moved[before] - moved[start]) / np.maximum(self.mass[r], 1e-30)
-                               + _SLACK, 0.0)
+        drift[k, i] = self.statistics.drift(seen[k, i], pixels[i])
         distance = self.distance[:, pixels]
         best = distance.argmin(axis=0)
         column = np.arange(pixels.size)
         d, margin, region = distance[best, column], drift[best, column], seen[best, column]
         unsure = np.abs(d - self.join * self.patience[pixels]) <= margin
         unsure |= ((seen != region) & (distance - drift <= d + margin)).any(axis=0)
-        pixels = pixels[unsure]
+        return pixels[unsure]
+
+    def _exact_rounds(self, pixels: np.ndarray, active: np.ndarray, later: int) -> np.ndarray:
+        """Re-decides the pixels with the statistics at their visit, then every pixel a changed choice
+        reaches, until nothing changes. Returns the active pixels with those reached."""
         while pixels.size:
-            self._exact_distances(pixels, active, later)
-            new, _ = self._decide(pixels)
-            changed = new != self.choice[pixels]
-            pixels = pixels[changed]
-            if not pixels.size:
+            self.distance[:, pixels] = np.inf
+            seen = self.seen[:, pixels]
+            k, i = (seen >= 0).nonzero()
+            means = self.statistics.means_at_visit(seen[k, i], pixels[i])
+            self.distance[k, pixels[i]] = _l1(self.statistics.probs[pixels[i]], means)
+            changed, old, _, neighbours = self._decide(pixels, later)
+            if not changed.size:
                 break
-            old = self.choice[pixels]
-            self.choice[pixels] = new[changed]
-            self.join_list = None
-            direction, later_pixels, source = self._visited_after(pixels, later)
-            self.seen[direction, later_pixels] = self.choice[source]
-            active = self._distinct(np.concatenate([active, later_pixels]))
-            # Statistics: every pixel seeing a region whose joins changed before its visit.
-            changed_regions = np.concatenate([old, self.choice[pixels]])
-            at = np.concatenate([pixels, pixels]) * later
-            grows = (changed_regions >= 0) & (changed_regions < self.growing)
-            first = np.full(self.stats.shape[0] + 1, np.iinfo(np.int64).max)  # [-1]: no region
-            np.minimum.at(first, changed_regions[grows], at[grows])
-            hit = (later * active > first[self.seen[:, active]]).any(axis=0)
-            pixels = self._distinct(np.concatenate([later_pixels, active[hit]]))
+            active = self.grid.distinct(np.concatenate([active, neighbours]))
+            self._pend_joins(active, later)
+            # Statistics moved for every pixel seeing a region whose joins changed before its visit.
+            regions, at = np.concatenate([old, self.choice[changed]]), np.concatenate([changed, changed]) * later
+            grows = (regions >= 0) & (regions < self.statistics.growing)
+            first = np.full(self.statistics.sums.shape[0] + 1, np.iinfo(np.int64).max)  # [-1]: no region
+            np.minimum.at(first, regions[grows], at[grows])
+            moved = active[(later * active > first[self.seen[:, active]]).any(axis=0)]
+            pixels = self.grid.distinct(np.concatenate([neighbours, moved]))
         return active
 
-    def _key(self, regions: np.ndarray, pixels: np.ndarray, later: int) -> np.ndarray:
-        """Sort key of (region, visit position)."""
-        return regions * self.span + later * pixels + self.n + 1
+    def _decide(self, pixels: np.ndarray, later: int) -> tuple[np.ndarray, ...]:
+        """Each pixel's choice from its distances: the region at the nearest (the first of equal ones)
+        if below join x patience, shown to the queued neighbours visited after it if it changed.
+        Returns (the pixels whose choice changed, their old choice, the direction those see them in, those)."""
+        distance = self.distance[:, pixels]  # (4, K)
+        best = distance.argmin(axis=0)
+        nearest = distance[best, np.arange(pixels.size)]
+        new = np.where(nearest < self.join * self.patience[pixels], self.seen[best, pixels], -1)
+        changed = new != self.choice[pixels]
+        pixels = pixels[changed]
+        old = self.choice[pixels]
+        self.choice[pixels] = new[changed]
+        table, back = self.grid.after[later]
+        around = table[:, pixels]  # (2, K)
+        k, i = (self.region[around] == -1).nonzero()
+        direction, neighbours = back[k], around[k, i]
+        self.seen[direction, neighbours] = self.choice[pixels[i]]
+        return pixels, old, direction, neighbours
 
-    def _joins(self, active: np.ndarray, later: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """This cycle's joins into regions that gather statistics, by region, then visit order:
-        (pixels, regions, sort keys), kept until a decision changes."""
-        if self.join_list is None:
-            choice = self.choice[active]
-            joins = active[(choice >= 0) & (choice < self.growing)]
-            regions = self.choice[joins]
-            order = np.lexsort((later * joins, regions))
-            joins, regions = joins[order], regions[order]
-            self.join_list = joins, regions, self._key(regions, joins, later)
-        return self.join_list
+    def _distances_at_start(self, direction: np.ndarray, pixels: np.ndarray) -> None:
+        """Distances of (direction, pixel) pairs to the region seen there, at the cycle's start."""
+        regions = self.seen[direction, pixels]
+        distance = np.full(regions.size, np.inf, np.float32)
+        sees = regions >= 0
+        distance[sees] = _l1(self.statistics.probs[pixels[sees]], self.statistics.means[regions[sees]])
+        self.distance[direction, pixels] = distance
 
-    def _exact_distances(self, pixels: np.ndarray, active: np.ndarray, later: int) -> None:
-        """Every distance of the given pixels with the statistics as they are at their visit."""
-        joins, regions, keys = self._joins(active, later)
-        self.distance[:, pixels] = np.inf
-        seen = self.seen[:, pixels]
-        k, i = (seen >= 0).nonzero()
-        r, at = seen[k, i], pixels[i]
+    def _pend_joins(self, active: np.ndarray, later: int) -> None:
+        choice = self.choice[active]
+        self.statistics.pend_joins(active[choice >= 0], choice[choice >= 0], later)
+
+
+class _Statistics:
+    """The regions' statistics (step 7) and the joins of the cycle being decided: `sums`, (R + L, L)
+    float32, summed probabilities of the R floods, then one promotion region per label, its one-hot
+    vector; their `means` and `mass`. Only the first `growing` (the floods) gather joined pixels."""
+
+    def __init__(self, pixel_probs: np.ndarray, region: np.ndarray, count: int):
+        members = np.flatnonzero(region >= 0)
+        # Sums in raster order, one pixel at a time in float32, as a loop over the pixels would add them.
+        member_of = sparse.csr_matrix((np.ones(members.size, np.float32), (region[members], members)),
+                                      shape=(count, region.size))
+        self.sums = np.concatenate([member_of @ pixel_probs, np.eye(pixel_probs.shape[1], dtype=np.float32)])
+        self.probs, self.growing, self.span = pixel_probs, count, 2 * (region.size + 1)
+        self.means = _normalised(self.sums)  # (R + L, L)
+        self.mass = self.sums.sum(axis=1, dtype=np.float64)  # (R + L,)
+
+    def pend_joins(self, pixels: np.ndarray, regions: np.ndarray, later: int) -> None:
+        """The cycle's joins as decided so far, those that gather statistics sorted by region, then
+        visit order: the statistics at a visit are those of the cycle's start and the joins before it."""
+        grows = regions < self.growing
+        order = np.lexsort((later * pixels[grows], regions[grows]))
+        self.join_pixels, self.join_regions, self.later = pixels[grows][order], regions[grows][order], later
+        self.join_keys = self._key(self.join_regions, self.join_pixels)
+
+    def add_joins(self) -> None:
+        """Adds the cycle's joins for good, one pixel at a time in visit order as the released `stats += p`."""
+        last = np.ones(self.join_regions.size, bool)  # the last join into each region
+        last[:-1] = self.join_regions[1:] != self.join_regions[:-1]
+        regions = self.join_regions[last]
+        self.sums[regions] = _running_sums(self.sums, self.probs[self.join_pixels], self.join_regions)[last]
+        self.means[regions] = _normalised(self.sums[regions])
+        self.mass[regions] = self.sums[regions].sum(axis=1, dtype=np.float64)
+
+    def drift(self, r: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """(K,) bounds on how far, in L1, the means of regions r move by the visits of pixels at: joins
+        of p_j with sums s_j move them by at most sum |p_j - s_j m| / S, m and S their mean and mass
+        at the cycle's start (0 where none joined before, else _SLACK more for float32 rounding)."""
+        p = self.probs[self.join_pixels]
+        moved = np.zeros(p.shape[0] + 1)  # running sum of |p_j - s_j m| in the joins' order
+        np.cumsum(_l1(p, p.sum(axis=1, keepdims=True) * self.means[self.join_regions]), dtype=np.float64,
+                  out=moved[1:])
+        first, stop = self._joins_before(r, at)
+        return np.where(stop > first, (moved[stop] - moved[first]) / np.maximum(self.mass[r], 1e-30) + _SLACK,
+                        0.0)
+
+    def means_at_visit(self, r: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """(K, L) means of regions r as pixels at see them: with the joins before their visit added."""
         means = self.means[r]
-        before = keys.searchsorted(self._key(r, at, later))
-        moved = (r < self.growing) & (before > keys.searchsorted(r * self.span))
+        first, stop = self._joins_before(r, at)
+        moved = stop > first
         if moved.any():
-            needed = np.zeros(self.stats.shape[0], bool)  # only the regions asked about
+            needed = np.zeros(self.sums.shape[0], bool)  # only the regions asked about
             needed[r[moved]] = True
-            rows = needed[regions]
-            sums = _running_sums(self.stats, self.probs[joins[rows]], regions[rows])
-            means[moved] = _normalised(sums[np.cumsum(rows)[before[moved] - 1] - 1])
-        self.distance[k, at] = _l1(self.probs[at], means)
+            rows = needed[self.join_regions]
+            sums = _running_sums(self.sums, self.probs[self.join_pixels[rows]], self.join_regions[rows])
+            means[moved] = _normalised(sums[np.cumsum(rows)[stop[moved] - 1] - 1])
+        return means
 
-    def _commit(self, joined: np.ndarray, active: np.ndarray, later: int) -> None:
-        self.region[joined] = self.choice[joined]
-        joins, regions, _ = self._joins(active, later)
-        if regions.size:
-            last = np.ones(regions.size, bool)
-            last[:-1] = regions[1:] != regions[:-1]
-            sums = _running_sums(self.stats, self.probs[joins], regions)[last]
-            self.stats[regions[last]] = sums
-            self.means[regions[last]] = _normalised(sums)
-            self.mass[regions[last]] = sums.sum(axis=1, dtype=np.float64)
+    def _joins_before(self, r: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(first, stop): the pending joins into regions r before the visits of pixels at."""
+        return self.join_keys.searchsorted(r * self.span), self.join_keys.searchsorted(self._key(r, at))
+
+    def _key(self, regions: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+        """Sort key of (region, visit position): regions lie `span` apart, more than any visit position."""
+        return regions * self.span + self.later * pixels + self.span // 2
+
+
+class _Grid:
+    """The (h, w) grid as flat indices, N = h * w standing for "outside"."""
+
+    def __init__(self, h: int, w: int):
+        n = self.n = h * w
+        index = np.full((h + 2, w + 2), n)
+        index[1:-1, 1:-1] = np.arange(n).reshape(h, w)
+        self.neighbours = np.full((4, n + 1), n)  # (4, N + 1) in _NEIGHBOURS order
+        for k, (dy, dx) in enumerate(_NEIGHBOURS):
+            self.neighbours[k, :n] = index[1 + dy:h + 1 + dy, 1 + dx:w + 1 + dx].ravel()
+        # Per visit order (1: raster order): the neighbours visited after a pixel, the direction they see it in.
+        offsets = np.array([dy * w + dx for dy, dx in _NEIGHBOURS])
+        opposite = np.array([_NEIGHBOURS.index((-dy, -dx)) for dy, dx in _NEIGHBOURS])
+        self.after = {later: (self.neighbours[later * offsets > 0], opposite[later * offsets > 0])
+                      for later in (1, -1)}
+        self._slot = np.full(n + 1, -1)  # scratch for distinct
+
+    def distinct(self, pixels: np.ndarray) -> np.ndarray:
+        """The distinct entries of pixels (flat indices), in no particular order."""
+        ranks = np.arange(pixels.size)
+        self._slot[pixels] = ranks
+        return pixels[self._slot[pixels] == ranks]
 
 
 def _running_sums(start: np.ndarray, values: np.ndarray, segment: np.ndarray) -> np.ndarray:
     """Running float32 sums, one row at a time: out[i] = start[segment[i]] + values[j] + ... +
     values[i] for the rows j..i of i's segment so far (segment sorted). (S, L), (M, L), (M,) -> (M, L).
-
     Segments of similar length sit side by side as the columns of one array, padded with zeros, so one
     np.cumsum down its first axis (which adds in order) does a whole group bit for bit."""
     if not segment.size:
@@ -512,32 +522,19 @@ class RegionsConfig:
     max_rounds: int = 8
 
     def __post_init__(self) -> None:
-        problems = []
-        if not 0.0 <= self.boundary_threshold <= 1.0:
-            problems.append(f"boundary_threshold must be in [0, 1], got {self.boundary_threshold}")
-        if self.closing_iterations < 0:
-            problems.append(f"closing_iterations must be >= 0, got {self.closing_iterations}")
-        if self.min_region_size < 1:
-            problems.append(f"min_region_size must be >= 1, got {self.min_region_size}")
-        if not 0.0 < self.promote_threshold <= 1.0:
-            problems.append(f"promote_threshold must be in (0, 1], got {self.promote_threshold}")
-        if self.initial_tolerance <= 0.0:
-            problems.append(f"initial_tolerance must be > 0, got {self.initial_tolerance}")
-        if self.tolerance_growth <= 1.0:
-            problems.append(f"tolerance_growth must be > 1, got {self.tolerance_growth}")
-        if self.max_rounds < 1:
-            problems.append(f"max_rounds must be >= 1, got {self.max_rounds}")
-        if problems:
-            raise ValueError("invalid RegionsConfig: " + "; ".join(problems))
+        _check_fields(self, boundary_threshold=(0.0 <= self.boundary_threshold <= 1.0, "in [0, 1]"),
+                      closing_iterations=(self.closing_iterations >= 0, ">= 0"),
+                      min_region_size=(self.min_region_size >= 1, ">= 1"),
+                      promote_threshold=(0.0 < self.promote_threshold <= 1.0, "in (0, 1]"),
+                      initial_tolerance=(self.initial_tolerance > 0.0, "> 0"),
+                      tolerance_growth=(self.tolerance_growth > 1.0, "> 1"), max_rounds=(self.max_rounds >= 1, ">= 1"))
 
 
 def boundary_regions(boundary: np.ndarray, config: RegionsConfig = RegionsConfig()
                      ) -> tuple[np.ndarray, int]:
-    """(H, W) boundary probabilities -> ((H, W) int32 region ids, region count).
-
-    Ids run 1..count over the 4-connected non-boundary regions of at least `min_region_size`
-    pixels; 0 marks leftover pixels (boundary after closing, and specks).
-    """
+    """(H, W) boundary probabilities -> ((H, W) int32 region ids, region count): ids 1..count for the
+    4-connected non-boundary regions of at least `min_region_size` pixels, 0 for leftover pixels
+    (boundary after closing, and specks)."""
     edge = boundary >= config.boundary_threshold  # (H, W) bool
     if config.closing_iterations > 0:  # scipy reads iterations=0 as "repeat until nothing changes"
         edge = ndimage.binary_dilation(edge, _EIGHT_CONNECTED, config.closing_iterations)
@@ -555,11 +552,8 @@ def boundary_regions(boundary: np.ndarray, config: RegionsConfig = RegionsConfig
 
 
 def regions(probs: np.ndarray, boundary: np.ndarray, config: RegionsConfig = RegionsConfig()) -> np.ndarray:
-    """(L, H, W) softmax probabilities and (H, W) boundary probabilities -> (H, W) uint8 labels.
-
-    Every pixel is labelled and nothing is cropped. Without any region (everything boundary), the
-    result is the per-pixel argmax.
-    """
+    """(L, H, W) softmax probabilities and (H, W) boundary probabilities -> (H, W) uint8 labels, every
+    pixel labelled; the per-pixel argmax without any region (everything boundary)."""
     _check_inputs(probs, boundary)
     num_labels, height, width = probs.shape
     flat = probs.reshape(num_labels, -1)  # (L, HW)
@@ -568,24 +562,19 @@ def regions(probs: np.ndarray, boundary: np.ndarray, config: RegionsConfig = Reg
         return probs.argmax(axis=0).astype(np.uint8)
     ids = regions.ravel()  # (HW,) view of our own fresh array, so updating it in place is safe
     count = _promote_sure_pixels(ids, flat, count, config.promote_threshold)
-
     # Pooling the probability mass, not the argmax votes, lets confident pixels outweigh unsure ones.
     mass = np.stack([np.bincount(ids, weights=p, minlength=count + 1) for p in flat])  # (L, R+1)
     region_label = mass.argmax(axis=0).astype(np.uint8)  # (R+1,); entry 0 unused: growth fills all
     sizes = np.bincount(ids, minlength=count + 1)  # (R+1,)
     means = mass / np.maximum(sizes, 1)  # (L, R+1) mean probability vector per region
-
     _grow(ids, flat, means, (height, width), config)
     return region_label[ids].reshape(height, width)
 
 
 def _promote_sure_pixels(ids: np.ndarray, flat: np.ndarray, count: int, threshold: float) -> int:
-    """Turns leftover pixels at least `threshold` sure of a label into one new region per label.
-
-    ids: (HW,) region ids, updated in place; flat: (L, HW) probabilities. Returns the new count.
-    One region per label rather than per blob: its pixels all share the label and the mean only
-    guides which leftover neighbours join it.
-    """
+    """Turns leftover pixels at least `threshold` sure of a label into one new region per label (not
+    per blob: its pixels all share the label, and the mean only guides which neighbours join it).
+    ids: (HW,) region ids, updated in place; flat: (L, HW) probabilities. Returns the new count."""
     leftover = np.flatnonzero(ids == 0)  # (K,)
     pixel_probs = flat[:, leftover]  # (L, K)
     top = pixel_probs.argmax(axis=0)  # (K,)
@@ -597,12 +586,10 @@ def _promote_sure_pixels(ids: np.ndarray, flat: np.ndarray, count: int, threshol
 
 def _grow(ids: np.ndarray, flat: np.ndarray, means: np.ndarray, shape: tuple[int, int],
           config: RegionsConfig) -> None:
-    """Gives every leftover pixel (id 0) the id of the touching region closest to it, in place.
-
-    ids: (HW,) with at least one region; flat: (L, HW) probabilities; means: (L, R+1).
-    Each round first spreads as far as its tolerance allows, one layer of pixels at a time, so a
-    band fills from the side it resembles before a later, laxer round lets the other side in.
-    """
+    """Gives every leftover pixel (id 0) the id of the touching region closest to it, in place; ids:
+    (HW,) with at least one region, flat: (L, HW) probabilities, means: (L, R+1). Each round first
+    spreads as far as its tolerance allows, one layer of pixels at a time, so a band fills from the
+    side it resembles before a later, laxer round lets the other side in."""
     height, width = shape
     for round_ in range(config.max_rounds):
         tolerance = config.initial_tolerance * config.tolerance_growth ** round_
@@ -622,9 +609,8 @@ def _grow(ids: np.ndarray, flat: np.ndarray, means: np.ndarray, shape: tuple[int
             candidates = np.unique(around[ids[around] == 0])
 
 
-def _closest_touching_region(candidates: np.ndarray, ids: np.ndarray, flat: np.ndarray,
-                             means: np.ndarray, height: int, width: int
-                             ) -> tuple[np.ndarray, np.ndarray]:
+def _closest_touching_region(candidates: np.ndarray, ids: np.ndarray, flat: np.ndarray, means: np.ndarray,
+                             height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(K,) flat pixel indices -> (K,) id of the closest touching region (0: none touches), and
     the (K,) L1 distance between the pixel's probabilities and that region's mean (inf: none)."""
     neighbours = _neighbours(candidates, height, width)  # (4, K), -1 outside the image
@@ -641,8 +627,7 @@ def _closest_touching_region(candidates: np.ndarray, ids: np.ndarray, flat: np.n
 
 
 def _neighbours(indices: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(K,) flat pixel indices -> (4, K) flat indices of the up/down/left/right neighbours, -1 where
-    that neighbour would be outside the image."""
+    """(K,) flat pixel indices -> (4, K) flat indices of the up/down/left/right neighbours, -1 outside."""
     row, col = np.divmod(indices, width)
     stacked = np.stack([indices - width, indices + width, indices - 1, indices + 1])  # (4, K)
     inside = np.stack([row > 0, row < height - 1, col > 0, col < width - 1])  # (4, K)

@@ -87,8 +87,8 @@ def _failing_cases() -> list[str]:
     return failing
 
 
-class _StatisticsFrozen(postprocess._Dust):
-    """The dust stage with no region gathering statistics: joins leave them as they were."""
+class _StatisticsFrozen(postprocess._Statistics):
+    """The regions' statistics with no region gathering them: joins leave them as they were."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -101,7 +101,7 @@ MUTATIONS = {
     "neighbours left before right": ("_NEIGHBOURS", (BELOW, ABOVE, LEFT, RIGHT)),
     "neighbours right and left first": ("_NEIGHBOURS", (RIGHT, LEFT, BELOW, ABOVE)),
     "queue taken from its first element": ("_FIRST_CYCLE_REVERSED", False),
-    "statistics not updated on join": ("_Dust", _StatisticsFrozen),
+    "statistics not updated on join": ("_Statistics", _StatisticsFrozen),
 }
 
 
@@ -272,6 +272,35 @@ def test_running_sums_add_one_row_at_a_time(lengths: list[int]):
         running[s] = running[s] + values[i]
         expected[i] = running[s]
     np.testing.assert_array_equal(postprocess._running_sums(start, values, segment), expected)
+
+
+@pytest.mark.parametrize("later", [1, -1])
+def test_statistics_at_a_visit(later: int):
+    """A cycle's pending joins, visited in raster order (later = 1) or its reverse: the means a pixel
+    sees at its visit are those of the joins before it added one at a time in float32 (the released
+    `stats += p`), and lie within the drift from the cycle's start that `_unsure` relies on."""
+    rng = np.random.default_rng(7)
+    n, count = 300, 4
+    probs = rng.dirichlet(np.full(NUM_LABELS, 0.3), n).astype(np.float32)
+    region = np.where(rng.random(n) < 0.4, rng.integers(0, count, n), -1)
+    statistics = postprocess._Statistics(probs, region, count)
+    joins = rng.permutation(np.flatnonzero(region < 0))[:120]
+    into = rng.integers(0, count + NUM_LABELS, joins.size)  # promotion regions too: they never change
+    statistics.pend_joins(joins, into, later)
+    sums, seen = statistics.sums.copy(), np.empty((n, count + NUM_LABELS, NUM_LABELS), np.float32)
+    joins_into = dict(zip(joins.tolist(), into.tolist()))
+    for pixel in range(n)[::later]:  # the visit order
+        seen[pixel] = postprocess._normalised(sums)
+        if joins_into.get(pixel, count) < count:
+            sums[joins_into[pixel]] += probs[pixel]
+    r, at = np.repeat(np.arange(count + NUM_LABELS), n), np.tile(np.arange(n), count + NUM_LABELS)
+    means = statistics.means_at_visit(r, at)
+    np.testing.assert_array_equal(means, seen[at, r])
+    moved = np.abs(means - statistics.means[r]).sum(axis=1)
+    drift = statistics.drift(r, at)
+    assert (moved <= drift).all() and (drift[moved == 0] == 0).any() and (drift[moved > 0] < 0.5).all()
+    statistics.add_joins()
+    np.testing.assert_array_equal(statistics.sums, sums)
 
 
 # ---- choosing a method ------------------------------------------------------------------------------

@@ -38,10 +38,11 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 import postprocess
+from device import keep_freed_memory, pick_precision
 from dataset import FashionDataset, boundary_target, prepare_batch
 from losses import LossConfig, segmentation_loss
 from synthetic import write_synthetic_dataset
-from unet import PRESETS, UNet, UNetConfig, keep_freed_memory, pick_precision
+from unet import PRESETS, UNet, UNetConfig
 
 WIDE32 = dataclasses.replace(PRESETS["tiny"], base_features=16, image_size=256)   # widths 32..512
 # Dense bf16 (fp16 where the card has no bf16) tensor-core peaks, per card, by the exact name

@@ -471,8 +471,8 @@ def report(results: dict, out: Path, methods: tuple[str, ...]) -> str:
 def setup(args: argparse.Namespace):
     """(device, autocast dtype, model, data set, label map or None) for an evaluation run; the layout,
     mask names and test fraction default to those the checkpoint trained with."""
-    from unet import (keep_freed_memory, model_from_checkpoint, pick_device, pick_precision,   # --summarize
-                      read_checkpoint)                                                      # needs none
+    from device import keep_freed_memory, pick_device, pick_precision   # --summarize
+    from unet import model_from_checkpoint, read_checkpoint                # needs none
     device = pick_device(args.device)
     keep_freed_memory(device)
     dtype = pick_precision(args.precision, device)

@@ -57,6 +57,7 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
 import unet
+from device import PRECISIONS, keep_freed_memory, pick_device, pick_precision
 from dataset import DataError, normalize, prepare_whole_image
 from labels import DEEPFASHION_MM, IGNORE_INDEX, LabelMap, LabelSet, load_label_map, shipped_names
 import postprocess
@@ -222,8 +223,8 @@ def same_shape_batches(jobs: Iterable[Job], batch_size: int) -> Iterator[list[Jo
 # ---------------------------------------------------------------------------------- the model
 
 def torch_backend(path: Path, device: torch.device, precision: str = "auto") -> Backend:
-    """A run.py checkpoint on PyTorch, under autocast as unet.pick_precision chooses."""
-    dtype = unet.pick_precision(precision, device)
+    """A run.py checkpoint on PyTorch, under autocast as device.pick_precision chooses."""
+    dtype = pick_precision(precision, device)
     model = unet.load_model(path, device).eval()
 
     def forward(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,7 +285,7 @@ def load_backend(path: Path, device: str, precision: str = "auto") -> Backend:
     """An .onnx file on onnxruntime (fp32), anything else as a run.py checkpoint on PyTorch."""
     if path.suffix.lower() == ".onnx":
         return onnx_backend(path, device)
-    return torch_backend(path, unet.pick_device(device), precision)
+    return torch_backend(path, pick_device(device), precision)
 
 
 def predict_batch(forward: Forward, inputs: torch.Tensor, valid_hw: list[tuple[int, int]]
@@ -473,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output folder, created if missing (required with INPUT)")
     parser.add_argument("--export-onnx", type=Path, metavar="FILE",
                         help="write the --checkpoint's model to this ONNX file instead of predicting")
-    parser.add_argument("--precision", choices=unet.PRECISIONS, default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="autocast dtype for a PyTorch checkpoint: auto = bf16 on GPUs that run it natively, "
                              "fp16 on older GPUs, fp32 on the CPU, as run.py trains (default: auto)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -535,7 +536,7 @@ def predict_photos(args: argparse.Namespace) -> int:
         names = output_names(paths)
         check_no_overwrite(paths, names, args.out)
         backend = load_backend(args.checkpoint, args.device, args.precision)
-        unet.keep_freed_memory(unet.pick_device(args.device))   # a batch job: speed over handing memory back
+        keep_freed_memory(pick_device(args.device))   # a batch job: speed over handing memory back
         mapping = load_label_map(args.label_map, backend.label_set) if args.label_map else None
         selectors = class_selectors(args.classes, backend, mapping)
     except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError and dataset.DataError are ValueErrors

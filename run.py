@@ -48,15 +48,16 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
 import postprocess
+from device import PRECISIONS, keep_freed_memory, pick_device, pick_precision
 from dataset import LAYOUTS, EmptySplitError, FashionDataset, get_layout, prepare_batch
 from evaluate import (BOUNDARY_THRESHOLD, boundary_counts, boundary_f_score, confusion_matrix, draw_panel,
                       iou_per_label, mean_iou, pixel_accuracy, subject_accuracy)
 from labels import DEFAULT_LABELS, LabelSet, load_label_set, shipped_names
 from losses import LossConfig, resolve_class_weights, segmentation_loss
 from synthetic import write_synthetic_dataset
-from unet import (LEVELS, PRECISIONS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention,
-                  keep_freed_memory, model_checkpoint, model_from_checkpoint, new_label_head, pick_device,
-                  pick_precision, read_checkpoint, save_atomic, stage_parameters, swap_bottleneck, unwrap)
+from unet import (LEVELS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, model_checkpoint,
+                  model_from_checkpoint, new_label_head, read_checkpoint, save_atomic, stage_parameters,
+                  swap_bottleneck, unwrap)
 
 log = logging.getLogger("run")
 SYNTHETIC_DIR = "data/synthetic"

@@ -58,6 +58,7 @@ from PIL import Image
 import postprocess
 import predict
 import unet
+from device import M_MMAP_THRESHOLD, PRECISIONS, mallopt
 from labels import IGNORE_INDEX, LabelMap, load_label_map, shipped_names
 
 APP_DIR = Path(__file__).resolve().parent / "app"
@@ -534,7 +535,7 @@ def release_large_buffers() -> None:
     uploads come from heaps that fragment across the handler threads: resident memory crept up ~7 MB
     per 20-request burst. A fixed threshold (128 KiB, the default start) hands every large buffer back
     to the system when freed, and memory stays flat. Elsewhere (musl, macOS, Windows) nothing to do."""
-    unet.mallopt((unet.M_MMAP_THRESHOLD, 1 << 17))   # setting it also stops the adjustment
+    mallopt((M_MMAP_THRESHOLD, 1 << 17))   # setting it also stops the adjustment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -546,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "machine only; 0.0.0.0 opens it to the network)")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free one (default: 8000)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--precision", choices=unet.PRECISIONS, default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="autocast dtype for a PyTorch checkpoint, as predict.py (default: auto)")
     parser.add_argument("--label_map", metavar="NAME|FILE",
                         help="answer in a mapped label set, as predict.py --label_map: a shipped map ("

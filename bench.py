@@ -38,8 +38,9 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 import postprocess
+from dataset import FashionDataset
 from device import keep_freed_memory, pick_precision
-from dataset import FashionDataset, boundary_target, prepare_batch
+from images import boundary_target, prepare_batch
 from losses import LossConfig, segmentation_loss
 from synthetic import write_synthetic_dataset
 from unet import PRESETS, UNet, UNetConfig

@@ -41,8 +41,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import (LAYOUTS, FashionDataset, boundary_target, find_pairs, get_layout, outfit_overlap,
-                     prepare_batch, prepare_images)
+from dataset import LAYOUTS, FashionDataset, find_pairs, get_layout, outfit_overlap
+from images import boundary_target, prepare_batch, prepare_images
 from labels import (DEEPFASHION_MM, IGNORE_INDEX, LABELS, LabelMap, LabelSet, load_label_map, load_label_set,
                     shipped_names)
 import postprocess

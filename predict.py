@@ -8,7 +8,7 @@
 
 INPUT is an image file (JPEG, PNG, WebP, BMP, GIF, TIFF, whatever PIL opens) or a folder (its image
 files, sorted, not recursive). Photos are turned upright by their EXIF orientation and run at the
-checkpoint's training scale (dataset.prepare_whole_image, as evaluation does). Per photo, named after
+checkpoint's training scale (images.prepare_whole_image, as evaluation does). Per photo, named after
 its file stem (a clash gets the folder name or a number appended), at the upright photo's size, labelled
 by the boundary post-processing --postprocess (postprocess.METHODS: `published`, the released
 algorithm, by default; `regions`) at the model's resolution, or by the per-pixel argmax with
@@ -58,8 +58,8 @@ from tqdm import tqdm
 
 import unet
 from device import PRECISIONS, keep_freed_memory, pick_device, pick_precision
-from dataset import DataError, normalize, prepare_whole_image
-from labels import DEEPFASHION_MM, IGNORE_INDEX, LabelMap, LabelSet, load_label_map, shipped_names
+from images import normalize, prepare_whole_image
+from labels import DEEPFASHION_MM, IGNORE_INDEX, DataError, LabelMap, LabelSet, load_label_map, shipped_names
 import postprocess
 
 # Files inside a folder count as inputs only with these suffixes; files named explicitly are always tried.
@@ -104,7 +104,7 @@ class Backend:
     std: tuple[float, float, float]
     forward: Forward
     label_set: LabelSet = DEEPFASHION_MM   # what the model's label ids mean
-    fit: str = "short_side"                # which side of a photo image_size measures (dataset.FITS)
+    fit: str = "short_side"                # which side of a photo image_size measures (images.FITS)
 
 
 # ---------------------------------------------------------------------------------- inputs

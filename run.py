@@ -48,10 +48,11 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
 import postprocess
+from dataset import LAYOUTS, EmptySplitError, FashionDataset, get_layout
 from device import PRECISIONS, keep_freed_memory, pick_device, pick_precision
-from dataset import LAYOUTS, EmptySplitError, FashionDataset, get_layout, prepare_batch
 from evaluate import (BOUNDARY_THRESHOLD, boundary_counts, boundary_f_score, confusion_matrix, draw_panel,
                       iou_per_label, mean_iou, pixel_accuracy, subject_accuracy)
+from images import prepare_batch
 from labels import DEFAULT_LABELS, LabelSet, load_label_set, shipped_names
 from losses import LossConfig, resolve_class_weights, segmentation_loss
 from synthetic import write_synthetic_dataset

@@ -13,7 +13,7 @@ released code computes it; b = `base_features`, GN = GroupNorm(32, C) without af
                to the boundary logit (the released code applies the sigmoid inside the model)
 
 `UNetConfig` describes a model completely and travels inside every checkpoint with the model's label
-set (dataset.LabelSet, the names of its label ids), so `load_model(path)` rebuilds it with no flags. The
+set (labels.LabelSet, the names of its label ids), so `load_model(path)` rebuilds it with no flags. The
 staged recipe's operations live here too: `swap_bottleneck`, `add_local_attention`, `new_label_head`
 (fine-tuning onto another label set) and `stage_parameters`; and `convert_released`, which reads a state
 dict saved by the released code.
@@ -62,7 +62,7 @@ class UNetConfig:
     image_size: int = 512                               # training resolution (side of the square strip)
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # input (x / 255 - mean) / std: published x / 255
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    fit: str = "short_side"    # which side of a photo image_size measured in training (dataset.FITS, checked
+    fit: str = "short_side"    # which side of a photo image_size measured in training (images.FITS, checked
     #                            where photos are scaled): the short side of DF-MM's strips, the long side of a letterbox
 
     def __post_init__(self):

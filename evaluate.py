@@ -1,8 +1,8 @@
 """Evaluate a checkpoint as published: per-label median IoU, pixel and subject accuracy, raw and
 with boundary post-processing, on the held-out test split.
 
-    python evaluate.py --checkpoint runs/tiny/model.pt --data_dir data/synthetic
-    python evaluate.py --checkpoint runs/tiny/model.pt --data_dir data/synthetic --postprocess published regions
+    python evaluate.py --checkpoint checkpoints/tiny/model.pt --data_dir data/synthetic
+    python evaluate.py --checkpoint checkpoints/tiny/model.pt --data_dir data/synthetic --postprocess published regions
     python evaluate.py --summarize reference/published-stats/512_96.csv reference/published-stats/512_96_pp.csv
 
 Raw scores the per-pixel argmax; --postprocess names the post-processing scored beside it
@@ -21,7 +21,7 @@ Outputs (in --out): per_image.csv (raw), per_image_postprocessed.csv (the first 
 method; each further one in per_image_postprocessed_<method>.csv), table.md, table.csv,
 metrics.json, panels/, backwards/.
 
-    python evaluate.py --checkpoint runs/tiny/model.pt --data_dir data/synthetic --label_map u2net
+    python evaluate.py --checkpoint checkpoints/tiny/model.pt --data_dir data/synthetic --label_map u2net
 """
 from __future__ import annotations
 

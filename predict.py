@@ -1,9 +1,9 @@
 """Label people's own photos with a trained checkpoint: photos in, label maps out; export to ONNX.
 
-    python predict.py --checkpoint runs/tiny/model.pt me.jpg holiday/ --out predictions
+    python predict.py --checkpoint checkpoints/tiny/model.pt me.jpg holiday/ --out predictions
         [--device auto|cpu|cuda] [--batch_size 4] [--postprocess published|regions|none] [--no-postprocess]
         [--masks] [--probabilities] [--label_map u2net|atr|lip|fashn|FILE] [--classes top,pants [--merge]]
-    python predict.py --checkpoint runs/tiny/model.pt --export-onnx model.onnx
+    python predict.py --checkpoint checkpoints/tiny/model.pt --export-onnx model.onnx
     python predict.py --checkpoint model.onnx me.jpg holiday/ --out predictions    # onnxruntime
 
 INPUT is an image file (JPEG, PNG, WebP, BMP, GIF, TIFF, whatever PIL opens) or a folder (its image

@@ -138,7 +138,7 @@ class TrainConfig:
     seed: int = arg(0, "seed for initialisation and data order")
     device: str = arg("auto", "cpu, cuda, cuda:N or auto")
     # outputs
-    output_dir: str = arg("runs/tiny", "folder for checkpoints, logs and the final weights")
+    output_dir: str = arg("checkpoints/tiny", "folder for checkpoints, logs and the final weights")
     output_file_name: str = arg("model.pt", "final weights, inside --output_dir")
     resume: str = arg("", "'latest' (newest checkpoint in --output_dir, if any) or a checkpoint path")
     checkpointing_steps: int = arg(100, "validate and save a checkpoint every N optimizer steps")

@@ -1,7 +1,7 @@
 """Try a checkpoint in the browser: a demo page and a JSON API on Python's own threaded HTTP server.
 
-    python serve.py                                   # the demo model `python run.py` trains (runs/tiny/model.pt)
-    python serve.py --checkpoint runs/tiny/model.pt [--host 127.0.0.1] [--port 8000] [--device auto]
+    python serve.py                                   # the demo model `python run.py` trains (checkpoints/tiny/model.pt)
+    python serve.py --checkpoint checkpoints/tiny/model.pt [--host 127.0.0.1] [--port 8000] [--device auto]
     python serve.py --checkpoint model.onnx           # an --export-onnx file, on onnxruntime
     python serve.py --bench [--checkpoint CKPT]       # requests/s and p50/p95 latency for 512 px photos
 
@@ -62,7 +62,7 @@ from device import M_MMAP_THRESHOLD, PRECISIONS, mallopt
 from labels import IGNORE_INDEX, LabelMap, load_label_map, shipped_names
 
 APP_DIR = Path(__file__).resolve().parent / "app"
-DEMO_CHECKPOINT = Path("runs/tiny/model.pt")  # where `python run.py` writes its final weights
+DEMO_CHECKPOINT = Path("checkpoints/tiny/model.pt")  # where `python run.py` writes its final weights
 MIN_SIDE = 32          # pixels: smaller photos hold nothing to segment
 MAX_ASPECT = 4         # long side / short side: the model runs at the short side's training scale
 DRAIN_LIMIT = 64 << 20  # a refused upload up to this size is read and dropped, so the client sees the answer

@@ -18,8 +18,8 @@ staged recipe's operations live here too: `swap_bottleneck`, `add_local_attentio
 (fine-tuning onto another label set) and `stage_parameters`; and `convert_released`, which reads a state
 dict saved by the released code.
 
-    python unet.py --preset 512_96                 # parameters, size and GFLOPs of a preset
-    python unet.py convert RELEASED.pt OUT.pt      # the released code's weights -> a checkpoint
+    python unet.py --preset 512_96                                    # parameters, size and GFLOPs of a preset
+    python unet.py convert RELEASED.pt checkpoints/released/model.pt  # the released code's weights -> a checkpoint
 """
 from __future__ import annotations
 
@@ -443,7 +443,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               f"torch.save?): {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
     if isinstance(ckpt, dict) and "model_config" not in ckpt and any(k in ckpt for k in RELEASED_MARKERS):
         raise CheckpointError(f"{path}: a state dict of the released code, not a checkpoint of this "
-                              f"project; convert it first: python unet.py convert {path} OUT.pt")
+                              f"project; convert it first: python unet.py convert {path} checkpoints/released/model.pt")
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no model_config/model entries)")
     version = ckpt.get("format_version", 0)
@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog="unet.py convert", description="Convert a state dict saved by "
                                          "the released code (torch.save(model.state_dict())) to a checkpoint.")
         parser.add_argument("released", help="the released code's .pt state dict")
-        parser.add_argument("out", help="the checkpoint to write")
+        parser.add_argument("out", help="the checkpoint to write, e.g. checkpoints/released/model.pt")
         args = parser.parse_args(argv[1:])
         try:
             model = convert_file(args.released, args.out)
@@ -643,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.out}: {model.config}")
         return 0
     parser = argparse.ArgumentParser(description="Describe a UNet preset: parameters, size, GFLOPs "
-                                     "(or `unet.py convert RELEASED.pt OUT.pt`).")
+                                     "(or `unet.py convert RELEASED.pt checkpoints/released/model.pt`).")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="512_96")
     parser.add_argument("--image_size", type=int, default=None, help="default: the preset's own")
     args = parser.parse_args(argv)

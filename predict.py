@@ -25,7 +25,7 @@ algorithm, by default; `regions`) at the model's resolution, or by the per-pixel
                         one a+b.png and a+b_cutout.png
 
 The model's label set (which its checkpoint carries) names every output. --label_map NAME|FILE writes
-them in a mapped label set instead (dataset.load_label_map); a pixel whose label has no counterpart
+them in a mapped label set instead (labels.load_label_map); a pixel whose label has no counterpart
 there is 255 in <stem>.png, drawn in the photo's own colours in the overlay, and counted in the JSON's
 "unmapped". --classes takes names of the output label set (or, with --label_map, of the model's); an
 unknown name is an error that lists the valid ones.
@@ -263,7 +263,7 @@ def onnx_backend(path: Path, device: str) -> Backend:
 
 def read_onnx_metadata(path: Path, props: dict[str, str]) -> dict:
     """The ONNX_METADATA (and present ONNX_OPTIONAL) values of an exported file, and "label_set", the
-    dataset.LabelSet its labels (and palette) make; a file without a palette gets the default colours."""
+    labels.LabelSet its labels (and palette) make; a file without a palette gets the default colours."""
     missing = [key for key in ONNX_METADATA if key not in props]
     if missing:
         raise ValueError(f"{path}: no {', '.join(missing)} in the ONNX metadata_props "
@@ -539,7 +539,7 @@ def predict_photos(args: argparse.Namespace) -> int:
         keep_freed_memory(pick_device(args.device))   # a batch job: speed over handing memory back
         mapping = load_label_map(args.label_map, backend.label_set) if args.label_map else None
         selectors = class_selectors(args.classes, backend, mapping)
-    except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError and dataset.DataError are ValueErrors
+    except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError and labels.DataError are ValueErrors
         build_parser().error(str(err))
     out_set = mapping.target if mapping else backend.label_set
     args.out.mkdir(parents=True, exist_ok=True)

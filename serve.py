@@ -584,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = start(checkpoint, limits, *(("127.0.0.1", 0) if args.bench else (args.host, args.port)),
                        args.device, args.precision, args.label_map)
-    except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError and dataset.DataError are ValueErrors
+    except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError and labels.DataError are ValueErrors
         parser.error(str(err))
     except OSError as err:
         parser.error(f"cannot listen on {args.host}:{args.port} ({err.strerror or err})")

@@ -11,7 +11,7 @@ with FLOPs counted by torch.utils.flop_counter, NCHW against channels-last, its 
 and profile; the same widths at 512x512 without local attention, with it on every decoder level
 and on run.py's default levels, each level's local attention alone, and the profile of the step
 with it everywhere; that plain 512 step with glibc's default allocator against the freed memory
-run.py keeps (unet.keep_freed_memory), each in a fresh process; inference per image at 512x512
+run.py keeps (device.keep_freed_memory), each in a fresh process; inference per image at 512x512
 (512_96) on PyTorch and on onnxruntime, beside each boundary post-processing method on one core;
 data loading per worker (one thread) beside merely decoding the JPEGs into arrays, and the
 device-side batch preparation after it; peak memory of a 512_96 training step at 512x512 with
@@ -38,10 +38,12 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 import postprocess
-from dataset import FashionDataset, boundary_target, prepare_batch
+from dataset import FashionDataset
+from device import keep_freed_memory, pick_precision
+from images import boundary_target, prepare_batch
 from losses import LossConfig, segmentation_loss
 from synthetic import write_synthetic_dataset
-from unet import PRESETS, UNet, UNetConfig, keep_freed_memory, pick_precision
+from unet import PRESETS, UNet, UNetConfig
 
 WIDE32 = dataclasses.replace(PRESETS["tiny"], base_features=16, image_size=256)   # widths 32..512
 # Dense bf16 (fp16 where the card has no bf16) tensor-core peaks, per card, by the exact name
@@ -320,7 +322,7 @@ def in_fresh_process(target: Callable[..., None], *args):
 
 def allocator_comparison(repeats: int) -> dict[str, dict]:
     """The 512x512 training step (widths 32..512, batch 1) in two fresh processes, one with glibc's
-    default malloc and one with unet.keep_freed_memory as run.py sets it: seconds per step, the
+    default malloc and one with device.keep_freed_memory as run.py sets it: seconds per step, the
     process's kernel time and peak RSS."""
     return {name: in_fresh_process(_allocator_child, keep, repeats)
             for name, keep in (("glibc_default", False), ("kept", True))}
@@ -339,7 +341,7 @@ def _peak_rss_child(queue, checkpointing: bool, keep: bool) -> None:
 
 def peak_memory(checkpointing: bool, keep: bool = True) -> float:
     """Peak bytes of a 512_96 training step at 512x512, batch 1: CUDA allocator or process RSS (with
-    the CPU's freed memory kept or not, unet.keep_freed_memory)."""
+    the CPU's freed memory kept or not, device.keep_freed_memory)."""
     if torch.cuda.is_available():
         device = torch.device("cuda")
         step, _ = make_train_step(PRESETS["512_96"], 512, 1, device, pick_precision("auto", device),

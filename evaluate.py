@@ -1,8 +1,8 @@
 """Evaluate a checkpoint as published: per-label median IoU, pixel and subject accuracy, raw and
 with boundary post-processing, on the held-out test split.
 
-    python evaluate.py --checkpoint runs/tiny/model.pt --data_dir data/synthetic
-    python evaluate.py --checkpoint runs/tiny/model.pt --data_dir data/synthetic --postprocess published regions
+    python evaluate.py --checkpoint checkpoints/tiny/model.pt --data_dir data/synthetic
+    python evaluate.py --checkpoint checkpoints/tiny/model.pt --data_dir data/synthetic --postprocess published regions
     python evaluate.py --summarize reference/published-stats/512_96.csv reference/published-stats/512_96_pp.csv
 
 Raw scores the per-pixel argmax; --postprocess names the post-processing scored beside it
@@ -14,14 +14,14 @@ per-image CSV has exactly the columns of the published per-image statistics, so 
 row by row; `--summarize` rebuilds the table from such CSVs. Beyond the published table:
 data-set-level IoU and mIoU from the summed confusion matrix, TopFormer's metric (per label the mean
 over all images of the per-image IoU, an image without the label counting 0) and a boundary F-score.
---label_map NAME|FILE (dataset.load_label_map: u2net = topformer, atr, lip, fashn, or a file) scores
+--label_map NAME|FILE (labels.load_label_map: u2net = topformer, atr, lip, fashn, or a file) scores
 prediction and truth in the mapped label set, so the 4-class upper/lower/full-body figures sit beside
 U2NET's and TopFormer's. Data sets of other layouts (--data_layout) are read as run.py trained on them.
 Outputs (in --out): per_image.csv (raw), per_image_postprocessed.csv (the first --postprocess
 method; each further one in per_image_postprocessed_<method>.csv), table.md, table.csv,
 metrics.json, panels/, backwards/.
 
-    python evaluate.py --checkpoint runs/tiny/model.pt --data_dir data/synthetic --label_map u2net
+    python evaluate.py --checkpoint checkpoints/tiny/model.pt --data_dir data/synthetic --label_map u2net
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dataset import (LAYOUTS, FashionDataset, boundary_target, find_pairs, get_layout, outfit_overlap,
-                     prepare_batch, prepare_images)
+from dataset import LAYOUTS, FashionDataset, find_pairs, get_layout, outfit_overlap
+from images import boundary_target, prepare_batch, prepare_images
 from labels import (DEEPFASHION_MM, IGNORE_INDEX, LABELS, LabelMap, LabelSet, load_label_map, load_label_set,
                     shipped_names)
 import postprocess
@@ -331,7 +331,7 @@ def evaluate(model, dataset: FashionDataset, out: Path, device: torch.device, ba
              dtype: torch.dtype | None = None, label_map: LabelMap | None = None) -> dict:
     """Run the model over `dataset`, scoring the argmax ("raw") and each post-processing of
     `methods` (postprocess.METHODS names); write the per-image CSVs and panels; return the summaries.
-    dtype: the autocast dtype (unet.pick_precision), None for fp32. With label_map, prediction and
+    dtype: the autocast dtype (device.pick_precision), None for fp32. With label_map, prediction and
     truth are scored in its target label set: truth pixels of unmapped labels are not scored, and a
     prediction of an unmapped label is wrong everywhere (an extra confusion-matrix column, dropped
     from every per-label figure)."""
@@ -471,8 +471,8 @@ def report(results: dict, out: Path, methods: tuple[str, ...]) -> str:
 def setup(args: argparse.Namespace):
     """(device, autocast dtype, model, data set, label map or None) for an evaluation run; the layout,
     mask names and test fraction default to those the checkpoint trained with."""
-    from unet import (keep_freed_memory, model_from_checkpoint, pick_device, pick_precision,   # --summarize
-                      read_checkpoint)                                                      # needs none
+    from device import keep_freed_memory, pick_device, pick_precision   # --summarize
+    from unet import model_from_checkpoint, read_checkpoint                # needs none
     device = pick_device(args.device)
     keep_freed_memory(device)
     dtype = pick_precision(args.precision, device)

@@ -1,14 +1,14 @@
 """Label people's own photos with a trained checkpoint: photos in, label maps out; export to ONNX.
 
-    python predict.py --checkpoint runs/tiny/model.pt me.jpg holiday/ --out predictions
+    python predict.py --checkpoint checkpoints/tiny/model.pt me.jpg holiday/ --out predictions
         [--device auto|cpu|cuda] [--batch_size 4] [--postprocess published|regions|none] [--no-postprocess]
         [--masks] [--probabilities] [--label_map u2net|atr|lip|fashn|FILE] [--classes top,pants [--merge]]
-    python predict.py --checkpoint runs/tiny/model.pt --export-onnx model.onnx
+    python predict.py --checkpoint checkpoints/tiny/model.pt --export-onnx model.onnx
     python predict.py --checkpoint model.onnx me.jpg holiday/ --out predictions    # onnxruntime
 
 INPUT is an image file (JPEG, PNG, WebP, BMP, GIF, TIFF, whatever PIL opens) or a folder (its image
 files, sorted, not recursive). Photos are turned upright by their EXIF orientation and run at the
-checkpoint's training scale (dataset.prepare_whole_image, as evaluation does). Per photo, named after
+checkpoint's training scale (images.prepare_whole_image, as evaluation does). Per photo, named after
 its file stem (a clash gets the folder name or a number appended), at the upright photo's size, labelled
 by the boundary post-processing --postprocess (postprocess.METHODS: `published`, the released
 algorithm, by default; `regions`) at the model's resolution, or by the per-pixel argmax with
@@ -25,7 +25,7 @@ algorithm, by default; `regions`) at the model's resolution, or by the per-pixel
                         one a+b.png and a+b_cutout.png
 
 The model's label set (which its checkpoint carries) names every output. --label_map NAME|FILE writes
-them in a mapped label set instead (dataset.load_label_map); a pixel whose label has no counterpart
+them in a mapped label set instead (labels.load_label_map); a pixel whose label has no counterpart
 there is 255 in <stem>.png, drawn in the photo's own colours in the overlay, and counted in the JSON's
 "unmapped". --classes takes names of the output label set (or, with --label_map, of the model's); an
 unknown name is an error that lists the valid ones.
@@ -57,8 +57,9 @@ from PIL import Image, ImageDraw, ImageOps
 from tqdm import tqdm
 
 import unet
-from dataset import DataError, normalize, prepare_whole_image
-from labels import DEEPFASHION_MM, IGNORE_INDEX, LabelMap, LabelSet, load_label_map, shipped_names
+from device import PRECISIONS, keep_freed_memory, pick_device, pick_precision
+from images import normalize, prepare_whole_image
+from labels import DEEPFASHION_MM, IGNORE_INDEX, DataError, LabelMap, LabelSet, load_label_map, shipped_names
 import postprocess
 
 # Files inside a folder count as inputs only with these suffixes; files named explicitly are always tried.
@@ -103,7 +104,7 @@ class Backend:
     std: tuple[float, float, float]
     forward: Forward
     label_set: LabelSet = DEEPFASHION_MM   # what the model's label ids mean
-    fit: str = "short_side"                # which side of a photo image_size measures (dataset.FITS)
+    fit: str = "short_side"                # which side of a photo image_size measures (images.FITS)
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -222,8 +223,8 @@ def same_shape_batches(jobs: Iterable[Job], batch_size: int) -> Iterator[list[Jo
 # ---------------------------------------------------------------------------------- the model
 
 def torch_backend(path: Path, device: torch.device, precision: str = "auto") -> Backend:
-    """A run.py checkpoint on PyTorch, under autocast as unet.pick_precision chooses."""
-    dtype = unet.pick_precision(precision, device)
+    """A run.py checkpoint on PyTorch, under autocast as device.pick_precision chooses."""
+    dtype = pick_precision(precision, device)
     model = unet.load_model(path, device).eval()
 
     def forward(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,7 +263,7 @@ def onnx_backend(path: Path, device: str) -> Backend:
 
 def read_onnx_metadata(path: Path, props: dict[str, str]) -> dict:
     """The ONNX_METADATA (and present ONNX_OPTIONAL) values of an exported file, and "label_set", the
-    dataset.LabelSet its labels (and palette) make; a file without a palette gets the default colours."""
+    labels.LabelSet its labels (and palette) make; a file without a palette gets the default colours."""
     missing = [key for key in ONNX_METADATA if key not in props]
     if missing:
         raise ValueError(f"{path}: no {', '.join(missing)} in the ONNX metadata_props "
@@ -284,7 +285,7 @@ def load_backend(path: Path, device: str, precision: str = "auto") -> Backend:
     """An .onnx file on onnxruntime (fp32), anything else as a run.py checkpoint on PyTorch."""
     if path.suffix.lower() == ".onnx":
         return onnx_backend(path, device)
-    return torch_backend(path, unet.pick_device(device), precision)
+    return torch_backend(path, pick_device(device), precision)
 
 
 def predict_batch(forward: Forward, inputs: torch.Tensor, valid_hw: list[tuple[int, int]]
@@ -473,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output folder, created if missing (required with INPUT)")
     parser.add_argument("--export-onnx", type=Path, metavar="FILE",
                         help="write the --checkpoint's model to this ONNX file instead of predicting")
-    parser.add_argument("--precision", choices=unet.PRECISIONS, default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="autocast dtype for a PyTorch checkpoint: auto = bf16 on GPUs that run it natively, "
                              "fp16 on older GPUs, fp32 on the CPU, as run.py trains (default: auto)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -535,10 +536,10 @@ def predict_photos(args: argparse.Namespace) -> int:
         names = output_names(paths)
         check_no_overwrite(paths, names, args.out)
         backend = load_backend(args.checkpoint, args.device, args.precision)
-        unet.keep_freed_memory(unet.pick_device(args.device))   # a batch job: speed over handing memory back
+        keep_freed_memory(pick_device(args.device))   # a batch job: speed over handing memory back
         mapping = load_label_map(args.label_map, backend.label_set) if args.label_map else None
         selectors = class_selectors(args.classes, backend, mapping)
-    except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError and dataset.DataError are ValueErrors
+    except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError and labels.DataError are ValueErrors
         build_parser().error(str(err))
     out_set = mapping.target if mapping else backend.label_set
     args.out.mkdir(parents=True, exist_ok=True)

@@ -48,15 +48,17 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
 import postprocess
-from dataset import LAYOUTS, EmptySplitError, FashionDataset, get_layout, prepare_batch
+from dataset import LAYOUTS, EmptySplitError, FashionDataset, get_layout
+from device import PRECISIONS, keep_freed_memory, pick_device, pick_precision
 from evaluate import (BOUNDARY_THRESHOLD, boundary_counts, boundary_f_score, confusion_matrix, draw_panel,
                       iou_per_label, mean_iou, pixel_accuracy, subject_accuracy)
+from images import prepare_batch
 from labels import DEFAULT_LABELS, LabelSet, load_label_set, shipped_names
 from losses import LossConfig, resolve_class_weights, segmentation_loss
 from synthetic import write_synthetic_dataset
-from unet import (LEVELS, PRECISIONS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention,
-                  keep_freed_memory, model_checkpoint, model_from_checkpoint, new_label_head, pick_device,
-                  pick_precision, read_checkpoint, save_atomic, stage_parameters, swap_bottleneck, unwrap)
+from unet import (LEVELS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, model_checkpoint,
+                  model_from_checkpoint, new_label_head, read_checkpoint, save_atomic, stage_parameters,
+                  swap_bottleneck, unwrap)
 
 log = logging.getLogger("run")
 SYNTHETIC_DIR = "data/synthetic"
@@ -136,7 +138,7 @@ class TrainConfig:
     seed: int = arg(0, "seed for initialisation and data order")
     device: str = arg("auto", "cpu, cuda, cuda:N or auto")
     # outputs
-    output_dir: str = arg("runs/tiny", "folder for checkpoints, logs and the final weights")
+    output_dir: str = arg("checkpoints/tiny", "folder for checkpoints, logs and the final weights")
     output_file_name: str = arg("model.pt", "final weights, inside --output_dir")
     resume: str = arg("", "'latest' (newest checkpoint in --output_dir, if any) or a checkpoint path")
     checkpointing_steps: int = arg(100, "validate and save a checkpoint every N optimizer steps")

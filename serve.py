@@ -1,7 +1,7 @@
 """Try a checkpoint in the browser: a demo page and a JSON API on Python's own threaded HTTP server.
 
-    python serve.py                                   # the demo model `python run.py` trains (runs/tiny/model.pt)
-    python serve.py --checkpoint runs/tiny/model.pt [--host 127.0.0.1] [--port 8000] [--device auto]
+    python serve.py                                   # the demo model `python run.py` trains (checkpoints/tiny/model.pt)
+    python serve.py --checkpoint checkpoints/tiny/model.pt [--host 127.0.0.1] [--port 8000] [--device auto]
     python serve.py --checkpoint model.onnx           # an --export-onnx file, on onnxruntime
     python serve.py --bench [--checkpoint CKPT]       # requests/s and p50/p95 latency for 512 px photos
 
@@ -58,10 +58,11 @@ from PIL import Image
 import postprocess
 import predict
 import unet
+from device import M_MMAP_THRESHOLD, PRECISIONS, mallopt
 from labels import IGNORE_INDEX, LabelMap, load_label_map, shipped_names
 
 APP_DIR = Path(__file__).resolve().parent / "app"
-DEMO_CHECKPOINT = Path("runs/tiny/model.pt")  # where `python run.py` writes its final weights
+DEMO_CHECKPOINT = Path("checkpoints/tiny/model.pt")  # where `python run.py` writes its final weights
 MIN_SIDE = 32          # pixels: smaller photos hold nothing to segment
 MAX_ASPECT = 4         # long side / short side: the model runs at the short side's training scale
 DRAIN_LIMIT = 64 << 20  # a refused upload up to this size is read and dropped, so the client sees the answer
@@ -534,7 +535,7 @@ def release_large_buffers() -> None:
     uploads come from heaps that fragment across the handler threads: resident memory crept up ~7 MB
     per 20-request burst. A fixed threshold (128 KiB, the default start) hands every large buffer back
     to the system when freed, and memory stays flat. Elsewhere (musl, macOS, Windows) nothing to do."""
-    unet.mallopt((unet.M_MMAP_THRESHOLD, 1 << 17))   # setting it also stops the adjustment
+    mallopt((M_MMAP_THRESHOLD, 1 << 17))   # setting it also stops the adjustment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -546,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "machine only; 0.0.0.0 opens it to the network)")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free one (default: 8000)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--precision", choices=unet.PRECISIONS, default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="autocast dtype for a PyTorch checkpoint, as predict.py (default: auto)")
     parser.add_argument("--label_map", metavar="NAME|FILE",
                         help="answer in a mapped label set, as predict.py --label_map: a shipped map ("
@@ -583,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = start(checkpoint, limits, *(("127.0.0.1", 0) if args.bench else (args.host, args.port)),
                        args.device, args.precision, args.label_map)
-    except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError and dataset.DataError are ValueErrors
+    except (FileNotFoundError, ValueError) as err:  # unet.CheckpointError and labels.DataError are ValueErrors
         parser.error(str(err))
     except OSError as err:
         parser.error(f"cannot listen on {args.host}:{args.port} ({err.strerror or err})")

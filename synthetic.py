@@ -1,8 +1,8 @@
 """The synthetic data set: studio-style photos of one drawn figure with label masks, in the real
 DeepFashion-MultiModal layout and naming scheme (the demo's data and the tests').
 
-Every part is drawn once into a coverage layer; the layer composites a textured fill into the photo and
-writes the label into the mask, so photo and mask always agree.
+Every part is painted on a canvas.py `Canvas`: its shapes are drawn once into a coverage layer, which
+composites a textured fill into the photo and writes the label into the mask, so photo and mask always agree.
 
     python synthetic.py OUT_DIR --count 200 [--seed 0] [--width 750 --height 1101]
     python synthetic.py OUT_DIR --count 40 --layout lip --width 150 --height 220   # LIP's layout and labels
@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from canvas import Canvas, Chain, Fill, Shape, backdrop, draw_shapes, ellipse, limb, sub_chain
 from dataset import _IMAGE_SUFFIX, _MASK_SUFFIX, DEFAULT_TEST_SPLIT, Pair, outfit_key, read_split_file
 from labels import LABELS, LabelSet, load_label_map, load_label_set
 
@@ -50,44 +51,10 @@ _METALS = ((212, 175, 55), (196, 196, 204), (183, 110, 90))
 # torso half width is interpolated between these levels (in head heights below the top of the head)
 _TORSO_LEVELS = (1.25, 1.6, 2.2, 2.9, 3.5, 3.95)
 
-_Chain = tuple[list[tuple[float, float]], list[float]]  # joint points and the limb width at each
-_Shape = tuple  # ("polygon", points) | ("ellipse", box) | ("ring", box, width) | ("line", points, width)
-#                 | ("chord", box, start_degrees, end_degrees)
-
 
 def _weighted(rng: np.random.Generator, table: tuple[tuple[str, float], ...]) -> str:
     names, weights = zip(*table)
     return names[rng.choice(len(names), p=np.array(weights) / sum(weights))]
-
-
-@dataclass
-class _Fill:
-    """A garment surface: a colour, an optional pattern in a second colour, and grain."""
-    colour: np.ndarray                 # (3,) RGB 0-255
-    kind: str = "solid"                # solid, stripes, checks, dots, knit or denim
-    second: np.ndarray | None = None   # (3,) pattern colour
-    period: float = 10.0               # pattern period in pixels
-    angle: float = 0.0                 # pattern direction in radians
-    grain: float = 2.0                 # per-pixel noise, grey levels
-
-    def render(self, ys: np.ndarray, xs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Global pixel coordinates ys (h, 1), xs (1, w) -> (h, w, 3) float32, so one garment's pattern
-        runs on across its separately drawn parts."""
-        shape = (ys.shape[0], xs.shape[1])
-        u = (xs * math.cos(self.angle) + ys * math.sin(self.angle)) / self.period  # (h, w)
-        v = (ys * math.cos(self.angle) - xs * math.sin(self.angle)) / self.period
-        mix = {"stripes": lambda: (u % 1) < 0.5,
-               "checks": lambda: 0.5 * ((u % 1) < 0.35) + 0.5 * ((v % 1) < 0.35),  # plaid bands
-               "dots": lambda: (u % 1 - 0.5) ** 2 + (v % 1 - 0.5) ** 2 < 0.06,
-               "knit": lambda: 0.5 + 0.5 * np.sin(2 * np.pi * u),  # ribs
-               "denim": lambda: 0.4 * (((u + v) * 3) % 1 < 0.5),  # twill
-               }.get(self.kind, lambda: np.zeros(shape))()
-        second = self.colour if self.second is None else self.second
-        out = self.colour + (second - self.colour) * np.asarray(mix, np.float32)[..., None]
-        out = out + rng.standard_normal((*shape, 1), dtype=np.float32) * self.grain
-        if self.kind == "denim":
-            out = out + rng.standard_normal((1, shape[1], 1), dtype=np.float32) * 6  # vertical streaks
-        return out
 
 
 def _random_colour(rng: np.random.Generator) -> np.ndarray:
@@ -97,16 +64,16 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return np.array(rgb, np.float32) * 255
 
 
-def _garment_fill(rng: np.random.Generator, h: float, kind: str | None = None) -> _Fill:
+def _garment_fill(rng: np.random.Generator, h: float, kind: str | None = None) -> Fill:
     kind = kind or _weighted(rng, _TEXTURES)
     if kind == "denim":
         colour = np.array(colorsys.hsv_to_rgb(rng.uniform(0.57, 0.64), rng.uniform(0.35, 0.7),
                                               rng.uniform(0.25, 0.75)), np.float32) * 255
-        return _Fill(colour, kind, np.minimum(colour * 1.4 + 25, 255), max(3.0, 0.08 * h), math.pi / 4, 4)
+        return Fill(colour, kind, np.minimum(colour * 1.4 + 25, 255), max(3.0, 0.08 * h), math.pi / 4, 4)
     colour = _random_colour(rng)
     second = colour * rng.uniform(0.6, 0.85) if kind == "knit" else _random_colour(rng)
     angle = rng.choice((0, math.pi / 2, math.pi / 4, -math.pi / 4)) + rng.uniform(-0.1, 0.1)
-    return _Fill(colour, kind, second, max(2.0, h * rng.uniform(0.06, 0.3)), angle, rng.uniform(1.5, 6))
+    return Fill(colour, kind, second, max(2.0, h * rng.uniform(0.06, 0.3)), angle, rng.uniform(1.5, 6))
 
 
 def _skin_tone(rng: np.random.Generator) -> np.ndarray:
@@ -172,9 +139,9 @@ class _Body:
     shoulder: float  # half widths
     waist: float
     hip: float
-    arms: list[_Chain]   # per side (left, right): shoulder, elbow, wrist
-    hands: list[_Chain]  # wrist, finger tips
-    legs: list[_Chain]   # hip joint, knee, ankle
+    arms: list[Chain]   # per side (left, right): shoulder, elbow, wrist
+    hands: list[Chain]  # wrist, finger tips
+    legs: list[Chain]   # hip joint, knee, ankle
 
     def y(self, level: float) -> float:
         return self.top + level * self.h
@@ -219,36 +186,8 @@ def _step(point: tuple[float, float], side: int, degrees: float, length: float) 
     return point[0] + side * length * math.sin(angle), point[1] + length * math.cos(angle)
 
 
-def _sub_chain(chain: _Chain, t0: float, t1: float, widen: float = 1.0) -> _Chain:
-    """The part of a limb between fractions t0 and t1 of its length, widths scaled by widen."""
-    points, widths = np.asarray(chain[0], np.float64), np.asarray(chain[1], np.float64)
-    along = np.concatenate([[0], np.cumsum(np.hypot(*np.diff(points, axis=0).T))])
-    along /= along[-1]
-    ts = np.concatenate([[t0], along[(along > t0) & (along < t1)], [t1]])
-    xs, ys = np.interp(ts, along, points[:, 0]), np.interp(ts, along, points[:, 1])
-    return list(zip(xs.tolist(), ys.tolist())), (np.interp(ts, along, widths) * widen).tolist()
-
-
-def _limb(chain: _Chain, round_end: bool = False) -> list[_Shape]:
-    """A tapered limb: one quad per segment, discs at the joints so bends have no notches."""
-    points, widths = chain
-    shapes: list[_Shape] = []
-    for (px, py), (qx, qy), wp, wq in zip(points, points[1:], widths, widths[1:]):
-        length = math.hypot(qx - px, qy - py) or 1.0
-        nx, ny = (py - qy) / length / 2, (qx - px) / length / 2  # half a unit normal
-        shapes.append(("polygon", [(px + nx * wp, py + ny * wp), (qx + nx * wq, qy + ny * wq),
-                                   (qx - nx * wq, qy - ny * wq), (px - nx * wp, py - ny * wp)]))
-    joints = list(zip(points, widths))[1:] if round_end else list(zip(points, widths))[1:-1]
-    shapes += [_ellipse(x, y, w / 2, w / 2) for (x, y), w in joints]
-    return shapes
-
-
-def _ellipse(x: float, y: float, rx: float, ry: float) -> _Shape:
-    return ("ellipse", (x - rx, y - ry, x + rx, y + ry))
-
-
 def _torso(body: _Body, start: float, end: float, widen: float = 1.0,
-           neck: tuple[float, float] | None = None) -> list[_Shape]:
+           neck: tuple[float, float] | None = None) -> list[Shape]:
     """The torso between two levels; neck = (half width, depth) in pixels cuts a neckline."""
     levels = [start] + [lv for lv in _TORSO_LEVELS if start < lv < end] + [end]
     left = [(body.cx - widen * body.half_width(lv), body.y(lv)) for lv in levels]
@@ -258,7 +197,7 @@ def _torso(body: _Body, start: float, end: float, widen: float = 1.0,
     return [("polygon", left + right + cut)]
 
 
-def _skirt(body: _Body, start: float, hem: float, flare: float) -> _Shape:
+def _skirt(body: _Body, start: float, hem: float, flare: float) -> Shape:
     """A skirt from the waist (level start) to level hem, widening by flare * h per head height."""
     hip_w = 1.06 * body.hip
     hem_w = hip_w + flare * body.h * (hem - 3.5)
@@ -269,105 +208,36 @@ def _skirt(body: _Body, start: float, hem: float, flare: float) -> _Shape:
                         (body.cx + hip_w, body.y(3.5)), *curve, (body.cx - hip_w, body.y(3.5))])
 
 
-def _draw(draw: ImageDraw.ImageDraw, shapes: list[_Shape]) -> None:
-    for kind, *geometry in shapes:
-        if kind == "polygon":
-            draw.polygon(geometry[0], fill=255)
-        elif kind == "ellipse":
-            draw.ellipse(geometry[0], fill=255)
-        elif kind == "ring":
-            draw.ellipse(geometry[0], outline=255, width=max(1, round(geometry[1])))
-        elif kind == "line":
-            draw.line(geometry[0], fill=255, width=max(1, round(geometry[1])), joint="curve")
-        elif kind == "chord":
-            draw.chord(geometry[0], geometry[1], geometry[2], fill=255)
-        else:
-            raise ValueError(f"unknown shape {kind!r}")
-
-
-class _Canvas:
-    """The photo (H, W, 3) float32 and its mask (H, W) uint8, painted part by part, back to front."""
-
-    def __init__(self, photo: np.ndarray, light: tuple[float, float]) -> None:
-        self.photo = photo
-        self.mask = np.zeros(photo.shape[:2], np.uint8)
-        self.light = light  # key-light gradient across the frame (x, y)
-
-    def paint(self, label: int | None, shapes: list[_Shape], fill: _Fill, rng: np.random.Generator,
-              relief: float = 0.3) -> None:
-        """Composite fill through the shapes' coverage and write label (None: photo only) under it."""
-        height, width = self.mask.shape
-        layer = Image.new("L", (width, height))
-        _draw(ImageDraw.Draw(layer), shapes)
-        box = layer.getbbox()
-        if box is None:
-            return
-        x0, y0, x1, y1 = box
-        cover = np.asarray(layer.crop(box)) > 0  # (h, w)
-        ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-        xs = np.arange(x0, x1, dtype=np.float32)[None, :]
-        # relief: darken towards the outline, so parts look round rather than flat cut-outs
-        r = max(1, round(0.2 * min(x1 - x0, y1 - y0)))
-        soft = layer.crop((x0 - r, y0 - r, x1 + r, y1 + r)).filter(ImageFilter.GaussianBlur(r / 2))
-        soft = np.asarray(soft, np.float32)[r:-r, r:-r] / 255  # (h, w): 1 inside, ~0.5 at the outline
-        light = 1 + self.light[0] * (xs / width - 0.5) + self.light[1] * (ys / height - 0.5)
-        shade = ((1 - relief + relief * soft) * light)[..., None]  # (h, w, 1)
-        self.photo[y0:y1, x0:x1][cover] = (fill.render(ys, xs, rng) * shade)[cover]
-        if label is not None:
-            self.mask[y0:y1, x0:x1][cover] = label
-
-    def shadow(self, x: float, y: float, rx: float, ry: float, strength: float) -> None:
-        """A soft floor shadow (photo only) centred at (x, y)."""
-        height, width = self.mask.shape
-        y0, y1 = max(0, int(y - 3 * ry)), min(height, int(y + 3 * ry))
-        x0, x1 = max(0, int(x - 2 * rx)), min(width, int(x + 2 * rx))
-        ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-        xs = np.arange(x0, x1, dtype=np.float32)[None, :]
-        soft = np.exp(-((xs - x) / rx) ** 2 - ((ys - y) / ry) ** 2)  # (h, w)
-        self.photo[y0:y1, x0:x1] *= (1 - strength * soft)[..., None]
-
-
-def _backdrop(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """A diffusely lit light studio wall: (H, W, 3) float32."""
-    base = rng.uniform(212, 246) + rng.uniform(-5, 5, 3).astype(np.float32)  # slightly warm or cool
-    ys = np.linspace(-1, 1, height, dtype=np.float32)[:, None]
-    xs = np.linspace(-1, 1, width, dtype=np.float32)[None, :]
-    cx, cy = rng.uniform(-0.4, 0.4, 2)
-    falloff = -rng.uniform(6, 22) * (0.6 * (xs - cx) ** 2 + 0.4 * (ys - cy) ** 2) + rng.uniform(-8, 8) * ys
-    grain = rng.standard_normal((height, width), dtype=np.float32) * 1.5
-    return (base + (falloff + grain)[..., None]).astype(np.float32)
-
-
-def _draw_lower(canvas: _Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit,
-                fills: dict[str, _Fill]) -> None:
+def _draw_lower(canvas: Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit,
+                fills: dict[str, Fill]) -> None:
     """Bare body, legwear, shoes and the bottom garment: everything under the torso garment."""
     h, cx = body.h, body.cx
     neck = ("polygon", [(cx - 0.16 * h, body.y(0.8)), (cx + 0.16 * h, body.y(0.8)),
                         (cx + 0.2 * h, body.y(1.4)), (cx - 0.2 * h, body.y(1.4))])
-    feet = [_ellipse(c[0][-1][0], c[0][-1][1] + 0.2 * h, 0.17 * h, 0.14 * h) for c in body.legs]
-    legs = [shape for chain in body.legs for shape in _limb(chain)]
+    feet = [ellipse(c[0][-1][0], c[0][-1][1] + 0.2 * h, 0.17 * h, 0.14 * h) for c in body.legs]
+    legs = [shape for chain in body.legs for shape in limb(chain)]
     canvas.paint(_ID["skin"], [neck] + _torso(body, 1.25, 3.95) + legs + feet, fills["skin"], rng)
     if outfit.leggings:
-        shapes = _torso(body, 2.9, 3.95, 1.02) + [s for c in body.legs for s in _limb(_sub_chain(c, 0, 1, 1.05))]
+        shapes = _torso(body, 2.9, 3.95, 1.02) + [s for c in body.legs for s in limb(sub_chain(c, 0, 1, 1.05))]
         canvas.paint(_ID["leggings"], shapes, fills["leggings"], rng)
     if outfit.socks:
-        shapes = [s for c in body.legs for s in _limb(_sub_chain(c, 0.82, 1, 1.08))] + feet
+        shapes = [s for c in body.legs for s in limb(sub_chain(c, 0.82, 1, 1.08))] + feet
         canvas.paint(_ID["socks"], shapes, fills["socks"], rng)
     if outfit.shoes:
         start = 0.72 if outfit.shoes == "boots" else 0.96
-        shapes = [s for c in body.legs for s in _limb(_sub_chain(c, start, 1, 1.15))]
-        shapes += [_ellipse(c[0][-1][0], c[0][-1][1] + 0.2 * h, 0.22 * h, 0.16 * h) for c in body.legs]
+        shapes = [s for c in body.legs for s in limb(sub_chain(c, start, 1, 1.15))]
+        shapes += [ellipse(c[0][-1][0], c[0][-1][1] + 0.2 * h, 0.22 * h, 0.16 * h) for c in body.legs]
         canvas.paint(_ID["footwear"], shapes, fills["shoes"], rng, relief=0.4)
     if outfit.bottom in ("pants", "shorts"):
-        legs = [s for c in body.legs for s in _limb(_sub_chain(c, 0, outfit.leg_cover, rng.uniform(1.1, 1.35)))]
+        legs = [s for c in body.legs for s in limb(sub_chain(c, 0, outfit.leg_cover, rng.uniform(1.1, 1.35)))]
         canvas.paint(_ID["pants"], _torso(body, 2.85, 3.95, 1.05) + legs, fills["bottom"], rng)
     elif outfit.bottom == "skirt":
         skirt = _skirt(body, 2.85, rng.uniform(4.2, 6.2), rng.uniform(0.05, 0.4))
         canvas.paint(_ID["skirt"], [skirt], fills["bottom"], rng)
 
 
-def _draw_torso(canvas: _Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit,
-                fills: dict[str, _Fill]) -> None:
+def _draw_torso(canvas: Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit,
+                fills: dict[str, Fill]) -> None:
     """Top, dress or rompers, then belt, necklace, tie and the open outer layer."""
     h, cx = body.h, body.cx
     neck = (rng.uniform(0.22, 0.36) * h, rng.uniform(0.1, 0.6) * h)
@@ -378,7 +248,7 @@ def _draw_torso(canvas: _Canvas, rng: np.random.Generator, body: _Body, outfit: 
         skirt = _skirt(body, 2.85, rng.uniform(4.4, 6.6), rng.uniform(0.05, 0.35))
         shapes = _torso(body, 1.25, 2.95, 1.04, neck) + [skirt]
     else:
-        legs = [s for c in body.legs for s in _limb(_sub_chain(c, 0, outfit.leg_cover, 1.2))]
+        legs = [s for c in body.legs for s in limb(sub_chain(c, 0, outfit.leg_cover, 1.2))]
         shapes = _torso(body, 1.25, 3.95, 1.05, neck) + legs
     canvas.paint(_ID[outfit.garment], shapes, fills["garment"], rng)
     if "belt" in outfit.extras:
@@ -390,7 +260,7 @@ def _draw_torso(canvas: _Canvas, rng: np.random.Generator, body: _Body, outfit: 
         drop = rng.uniform(0.2, 0.7) * h
         chain = [(cx + 0.28 * h * math.cos(t), body.y(1.3) + drop * math.sin(t))
                  for t in np.linspace(0, math.pi, 12)]
-        pendant = _ellipse(cx, body.y(1.3) + drop + 0.04 * h, 0.05 * h, 0.06 * h)
+        pendant = ellipse(cx, body.y(1.3) + drop + 0.04 * h, 0.05 * h, 0.06 * h)
         canvas.paint(_ID["necklace"], [("line", chain, 0.035 * h), pendant], fills["metal"], rng, relief=0)
     if "tie" in outfit.extras:
         tie = [(cx - 0.07 * h, body.y(1.35)), (cx + 0.07 * h, body.y(1.35)), (cx + 0.13 * h, body.y(2.9)),
@@ -406,37 +276,37 @@ def _draw_torso(canvas: _Canvas, rng: np.random.Generator, body: _Body, outfit: 
             canvas.paint(_ID["outer"], [("polygon", edge + lapel)], fills["outer"], rng)
 
 
-def _draw_arms(canvas: _Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit,
-               fills: dict[str, _Fill]) -> None:
+def _draw_arms(canvas: Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit,
+               fills: dict[str, Fill]) -> None:
     """Arms and hands over the torso, then sleeves, gloves, wrist wearing, ring and bag."""
     h = body.h
-    hands = [s for c in body.hands for s in _limb(c, round_end=True)]
-    canvas.paint(_ID["skin"], [s for c in body.arms for s in _limb(c)] + hands, fills["skin"], rng)
-    caps = [_ellipse(c[0][0][0], c[0][0][1] + 0.04 * h, 0.2 * h, 0.2 * h) for c in body.arms]  # round seams
+    hands = [s for c in body.hands for s in limb(c, round_end=True)]
+    canvas.paint(_ID["skin"], [s for c in body.arms for s in limb(c)] + hands, fills["skin"], rng)
+    caps = [ellipse(c[0][0][0], c[0][0][1] + 0.04 * h, 0.2 * h, 0.2 * h) for c in body.arms]  # round seams
     if outfit.sleeves != "none":
         end = 1.0 if outfit.sleeves == "long" else rng.uniform(0.2, 0.45)
-        sleeves = [s for c in body.arms for s in _limb(_sub_chain(c, 0, end, 1.2))]
+        sleeves = [s for c in body.arms for s in limb(sub_chain(c, 0, end, 1.2))]
         canvas.paint(_ID[outfit.garment], caps + sleeves, fills["garment"], rng)
     if outfit.outer:
-        sleeves = [s for c in body.arms for s in _limb(_sub_chain(c, 0, 0.98, 1.35))]
+        sleeves = [s for c in body.arms for s in limb(sub_chain(c, 0, 0.98, 1.35))]
         canvas.paint(_ID["outer"], caps + sleeves, fills["outer"], rng)
     if "gloves" in outfit.extras:
-        gloves = [s for c in body.hands for s in _limb(_sub_chain(c, 0, 1, 1.12), round_end=True)]
-        gloves += [s for c in body.arms for s in _limb(_sub_chain(c, 0.9, 1, 1.1))]
+        gloves = [s for c in body.hands for s in limb(sub_chain(c, 0, 1, 1.12), round_end=True)]
+        gloves += [s for c in body.arms for s in limb(sub_chain(c, 0.9, 1, 1.1))]
         canvas.paint(_ID["gloves"], gloves, fills["gloves"], rng)
     side = int(rng.integers(2))
     if "wrist wearing" in outfit.extras:
-        band = _limb(_sub_chain(body.arms[side], 0.9, 0.97, 1.3))
+        band = limb(sub_chain(body.arms[side], 0.9, 0.97, 1.3))
         strap = fills["metal" if rng.random() < 0.5 else "bag"]  # bracelet or leather watch strap
         canvas.paint(_ID["wrist wearing"], band, strap, rng, relief=0.2)
     if "ring" in outfit.extras:
-        points, _ = _sub_chain(body.hands[1 - side], 0, 0.6)  # on a finger, past the knuckles
-        canvas.paint(_ID["ring"], [_ellipse(*points[-1], 0.05 * h, 0.05 * h)], fills["metal"], rng, relief=0)
+        points, _ = sub_chain(body.hands[1 - side], 0, 0.6)  # on a finger, past the knuckles
+        canvas.paint(_ID["ring"], [ellipse(*points[-1], 0.05 * h, 0.05 * h)], fills["metal"], rng, relief=0)
     if "bag" in outfit.extras:
         _draw_bag(canvas, rng, body, fills["bag"])
 
 
-def _draw_bag(canvas: _Canvas, rng: np.random.Generator, body: _Body, fill: _Fill) -> None:
+def _draw_bag(canvas: Canvas, rng: np.random.Generator, body: _Body, fill: Fill) -> None:
     """A bag carried in one hand, or hanging at the hip from the opposite shoulder."""
     h, sign = body.h, (-1, 1)[int(rng.integers(2))]
     width, depth = rng.uniform(0.6, 1.0) * h, rng.uniform(0.5, 0.9) * h
@@ -452,35 +322,35 @@ def _draw_bag(canvas: _Canvas, rng: np.random.Generator, body: _Body, fill: _Fil
     canvas.paint(_ID["bag"], straps + [bag], fill, rng)
 
 
-def _draw_head(canvas: _Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit,
-               fills: dict[str, _Fill]) -> None:
+def _draw_head(canvas: Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit,
+               fills: dict[str, Fill]) -> None:
     """Neckwear, then the face with eyes, brows and mouth (or the back of the head), then hair."""
     h, cx = body.h, body.cx
     if "neckwear" in outfit.extras:
         band = ("polygon", [(cx - 0.3 * h, body.y(0.95)), (cx + 0.3 * h, body.y(0.95)),
                             (cx + 0.36 * h, body.y(1.45)), (cx - 0.36 * h, body.y(1.45))])
         hanging = [(cx + 0.12 * h, body.y(1.3)), (cx + 0.2 * h, body.y(rng.uniform(2.2, 3.0)))]
-        end = _limb((hanging, [0.28 * h, 0.22 * h]))
+        end = limb((hanging, [0.28 * h, 0.22 * h]))
         canvas.paint(_ID["neckwear"], [band] + end, fills["neckwear"], rng)
     head = ("ellipse", (cx - 0.36 * h, body.top, cx + 0.36 * h, body.y(1.05)))
     if outfit.view == "back":
         canvas.paint(_ID["hair"], [head], fills["hair"], rng)
         return
-    ears = [_ellipse(cx + s * 0.36 * h, body.y(0.56), 0.07 * h, 0.12 * h) for s in (-1, 1)]
+    ears = [ellipse(cx + s * 0.36 * h, body.y(0.56), 0.07 * h, 0.12 * h) for s in (-1, 1)]
     canvas.paint(_ID["face"], [head] + ears, fills["skin"], rng, relief=0.2)
-    dark = _Fill(np.array((45, 32, 30), np.float32), grain=2)
-    eyes = [_ellipse(cx + s * 0.15 * h, body.y(0.5), 0.065 * h, 0.032 * h) for s in (-1, 1)]
+    dark = Fill(np.array((45, 32, 30), np.float32), grain=2)
+    eyes = [ellipse(cx + s * 0.15 * h, body.y(0.5), 0.065 * h, 0.032 * h) for s in (-1, 1)]
     brows = [("line", [(cx + s * 0.07 * h, body.y(0.41)), (cx + s * 0.24 * h, body.y(0.39))], 0.03 * h)
              for s in (-1, 1)]
     canvas.paint(None, eyes + brows, dark, rng, relief=0)  # marks stay label "face"
     skin = fills["skin"].colour
     nose = ("line", [(cx, body.y(0.55)), (cx + 0.03 * h, body.y(0.68))], 0.025 * h)
-    canvas.paint(None, [nose], _Fill(skin * 0.8), rng, relief=0)
-    lips = _Fill(skin * np.array((0.8, 0.5, 0.5), np.float32))
-    canvas.paint(None, [_ellipse(cx, body.y(0.8), 0.1 * h, 0.035 * h)], lips, rng, relief=0)
+    canvas.paint(None, [nose], Fill(skin * 0.8), rng, relief=0)
+    lips = Fill(skin * np.array((0.8, 0.5, 0.5), np.float32))
+    canvas.paint(None, [ellipse(cx, body.y(0.8), 0.1 * h, 0.035 * h)], lips, rng, relief=0)
 
 
-def _draw_back_hair(canvas: _Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit, fill: _Fill) -> None:
+def _draw_back_hair(canvas: Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit, fill: Fill) -> None:
     """Long hair or a ponytail: behind the body in front views, over the back in back views."""
     h, cx = body.h, body.cx
     if outfit.hair == "long":
@@ -489,14 +359,14 @@ def _draw_back_hair(canvas: _Canvas, rng: np.random.Generator, body: _Body, outf
                                (cx + 0.55 * h, end), (cx - 0.55 * h, end)])]
     elif outfit.hair == "ponytail":
         side = (-1, 1)[int(rng.integers(2))]
-        shapes = _limb(([(cx + side * 0.3 * h, body.y(0.3)), (cx + side * 0.55 * h, body.y(1.7))],
+        shapes = limb(([(cx + side * 0.3 * h, body.y(0.3)), (cx + side * 0.55 * h, body.y(1.7))],
                         [0.3 * h, 0.12 * h]), round_end=True)
     else:
         return
     canvas.paint(_ID["hair"], shapes, fill, rng)
 
 
-def _draw_front_hair(canvas: _Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit, fill: _Fill) -> None:
+def _draw_front_hair(canvas: Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit, fill: Fill) -> None:
     """The hair cap down to a random hairline (low = bangs), side hair, a bun."""
     if outfit.hair == "none":
         return
@@ -504,24 +374,24 @@ def _draw_front_hair(canvas: _Canvas, rng: np.random.Generator, body: _Body, out
     cy, ry = body.y(0.46), 0.56 * h
     hairline = body.y(rng.uniform(0.16, 0.4))
     tilt = math.degrees(math.asin((hairline - cy) / ry))  # negative: the hairline is above the centre
-    shapes: list[_Shape] = [("chord", (cx - 0.42 * h, cy - ry, cx + 0.42 * h, cy + ry), 180 - tilt, 360 + tilt)]
+    shapes: list[Shape] = [("chord", (cx - 0.42 * h, cy - ry, cx + 0.42 * h, cy + ry), 180 - tilt, 360 + tilt)]
     long = outfit.hair == "long"
     end, spread = body.y(rng.uniform(1.1, 1.7) if long else 0.7), (0.6 if long else 0.46) * h
     for s in (-1, 1):  # side hair over the ears, falling onto the shoulders when long
         shapes.append(("polygon", [(cx + s * 0.43 * h, body.y(0.3)), (cx + s * 0.3 * h, body.y(0.3)),
                                    (cx + s * 0.34 * h, end), (cx + s * spread, end)]))
     if outfit.hair == "bun":
-        shapes.append(_ellipse(cx, body.y(-0.05), 0.2 * h, 0.18 * h))
+        shapes.append(ellipse(cx, body.y(-0.05), 0.2 * h, 0.18 * h))
     canvas.paint(_ID["hair"], shapes, fill, rng)
 
 
-def _draw_headgear(canvas: _Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit,
-                   fills: dict[str, _Fill]) -> None:
+def _draw_headgear(canvas: Canvas, rng: np.random.Generator, body: _Body, outfit: _Outfit,
+                   fills: dict[str, Fill]) -> None:
     """Earrings, eyeglass and headwear: the front-most layers."""
     h, cx = body.h, body.cx
     if "earrings" in outfit.extras:
-        shapes = [_ellipse(cx + s * 0.37 * h, body.y(0.72), 0.04 * h, 0.04 * h) for s in (-1, 1)]
-        shapes += [_ellipse(cx + s * 0.37 * h, body.y(0.83), 0.03 * h, 0.05 * h) for s in (-1, 1)]
+        shapes = [ellipse(cx + s * 0.37 * h, body.y(0.72), 0.04 * h, 0.04 * h) for s in (-1, 1)]
+        shapes += [ellipse(cx + s * 0.37 * h, body.y(0.83), 0.03 * h, 0.05 * h) for s in (-1, 1)]
         canvas.paint(_ID["earrings"], shapes, fills["metal"], rng, relief=0)
     if "eyeglass" in outfit.extras:
         kind = "ring" if rng.random() < 0.6 else "ellipse"  # clear glasses or sunglasses
@@ -535,17 +405,17 @@ def _draw_headgear(canvas: _Canvas, rng: np.random.Generator, body: _Body, outfi
     if "headwear" in outfit.extras:
         if rng.random() < 0.5:  # brimmed hat
             shapes = [("ellipse", (cx - 0.38 * h, body.y(-0.4), cx + 0.38 * h, body.y(0.25))),
-                      _ellipse(cx, body.y(0.12), rng.uniform(0.55, 0.8) * h, 0.1 * h)]
+                      ellipse(cx, body.y(0.12), rng.uniform(0.55, 0.8) * h, 0.1 * h)]
         else:  # beanie
             shapes = [("chord", (cx - 0.45 * h, body.y(-0.14), cx + 0.45 * h, body.y(1.0)), 188, 352)]
         canvas.paint(_ID["headwear"], shapes, fills["hat"], rng)
 
 
-def _figure_fills(rng: np.random.Generator, outfit: _Outfit, h: float) -> dict[str, _Fill]:
+def _figure_fills(rng: np.random.Generator, outfit: _Outfit, h: float) -> dict[str, Fill]:
     hair = np.array(_HAIR_COLOURS[int(rng.integers(len(_HAIR_COLOURS)))], np.float32) + rng.uniform(-10, 10, 3)
     return {
-        "skin": _Fill(_skin_tone(rng), grain=1.5),
-        "hair": _Fill(hair, "knit", hair * 0.7, max(2.0, 0.04 * h), rng.uniform(-0.3, 0.3), 4),  # strands
+        "skin": Fill(_skin_tone(rng), grain=1.5),
+        "hair": Fill(hair, "knit", hair * 0.7, max(2.0, 0.04 * h), rng.uniform(-0.3, 0.3), 4),  # strands
         "garment": _garment_fill(rng, h),
         "bottom": _garment_fill(rng, h, "denim" if outfit.denim else None),
         "outer": _garment_fill(rng, h),
@@ -555,11 +425,11 @@ def _figure_fills(rng: np.random.Generator, outfit: _Outfit, h: float) -> dict[s
         "tie": _garment_fill(rng, h),
         "neckwear": _garment_fill(rng, h),
         "hat": _garment_fill(rng, h),
-        "shoes": _Fill(_random_colour(rng), grain=3),
-        "belt": _Fill(_random_colour(rng), grain=3),
-        "bag": _Fill(_random_colour(rng), grain=3),
-        "metal": _Fill(np.array(_METALS[int(rng.integers(len(_METALS)))], np.float32), grain=8),
-        "lens": _Fill(np.array((25, 22, 25), np.float32), grain=3),
+        "shoes": Fill(_random_colour(rng), grain=3),
+        "belt": Fill(_random_colour(rng), grain=3),
+        "bag": Fill(_random_colour(rng), grain=3),
+        "metal": Fill(np.array(_METALS[int(rng.integers(len(_METALS)))], np.float32), grain=8),
+        "lens": Fill(np.array((25, 22, 25), np.float32), grain=3),
     }
 
 
@@ -570,7 +440,7 @@ def _render(rng: np.random.Generator, stem: str, width: int, height: int
     gender, category = stem.split("-")[:2]
     outfit = _choose_outfit(rng, gender, category, stem.rsplit("_", 1)[1])
     body = _make_body(rng, width, height, gender)
-    canvas = _Canvas(_backdrop(rng, width, height), tuple(rng.uniform(-0.3, 0.3, 2)))
+    canvas = Canvas(backdrop(rng, width, height), tuple(rng.uniform(-0.3, 0.3, 2)))
     fills = _figure_fills(rng, outfit, body.h)
     ankle_y = max(chain[0][-1][1] for chain in body.legs)
     canvas.shadow(body.cx, ankle_y + 0.3 * body.h, 1.6 * body.hip + 0.5 * body.h, 0.2 * body.h, 0.25)
@@ -605,9 +475,9 @@ def _sided_labels(mask: np.ndarray, body: _Body, view: str, lip: LabelSet) -> np
         for i, chain in enumerate(chains):
             layer = Image.new("L", (width, height))
             (x, y), h = chain[0][-1], body.h   # the ankle: a foot below it, as _draw_lower paints it
-            shapes = _limb(chain) + (_limb(ends[i], round_end=True) if ends else
-                                     [_ellipse(x, y + 0.2 * h, 0.17 * h, 0.14 * h)])
-            _draw(ImageDraw.Draw(layer), shapes)
+            shapes = limb(chain) + (limb(ends[i], round_end=True) if ends else
+                                     [ellipse(x, y + 0.2 * h, 0.17 * h, 0.14 * h)])
+            draw_shapes(ImageDraw.Draw(layer), shapes)
             side = "left" if person_left[i] else "right"
             out[(np.asarray(layer) > 0) & (mask == LABELS.index("skin"))] = lip.index(f"{side}-{kind}")
     shoes = mask == LABELS.index("footwear")
@@ -667,7 +537,6 @@ def write_synthetic_dataset(out_dir: str | Path, count: int, seed: int = 0, widt
         mask.save(pair.mask)
         pairs.append(pair)
     return sorted(pairs, key=lambda p: p.stem)
-
 
 
 def write_synthetic_lip(out_dir: str | Path, count: int, seed: int = 0, width: int = 150, height: int = 220,

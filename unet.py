@@ -13,18 +13,17 @@ released code computes it; b = `base_features`, GN = GroupNorm(32, C) without af
                to the boundary logit (the released code applies the sigmoid inside the model)
 
 `UNetConfig` describes a model completely and travels inside every checkpoint with the model's label
-set (dataset.LabelSet, the names of its label ids), so `load_model(path)` rebuilds it with no flags. The
+set (labels.LabelSet, the names of its label ids), so `load_model(path)` rebuilds it with no flags. The
 staged recipe's operations live here too: `swap_bottleneck`, `add_local_attention`, `new_label_head`
 (fine-tuning onto another label set) and `stage_parameters`; and `convert_released`, which reads a state
 dict saved by the released code.
 
-    python unet.py --preset 512_96                 # parameters, size and GFLOPs of a preset
-    python unet.py convert RELEASED.pt OUT.pt      # the released code's weights -> a checkpoint
+    python unet.py --preset 512_96                                    # parameters, size and GFLOPs of a preset
+    python unet.py convert RELEASED.pt checkpoints/released/model.pt  # the released code's weights -> a checkpoint
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import math
 import os
@@ -63,7 +62,7 @@ class UNetConfig:
     image_size: int = 512                               # training resolution (side of the square strip)
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # input (x / 255 - mean) / std: published x / 255
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    fit: str = "short_side"    # which side of a photo image_size measured in training (dataset.FITS, checked
+    fit: str = "short_side"    # which side of a photo image_size measured in training (images.FITS, checked
     #                            where photos are scaled): the short side of DF-MM's strips, the long side of a letterbox
 
     def __post_init__(self):
@@ -393,73 +392,6 @@ def stage_parameters(model: UNet, stage: str) -> list[tuple[str, nn.Parameter]]:
     return named
 
 
-def pick_device(name: str) -> torch.device:
-    """"auto" = CUDA when present, else the CPU; asking for CUDA without it is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available (use --device cpu)")
-    return device
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4   # glibc's <malloc.h> parameter numbers
-
-
-def mallopt(*settings: tuple[int, int]) -> bool:
-    """Set glibc malloc parameters, (parameter, value) pairs as mallopt(3) takes them; False where the
-    C library is another (musl, macOS, Windows) and there is nothing to set."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        set_one = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return all([bool(set_one(parameter, value)) for parameter, value in settings])
-
-
-def keep_freed_memory(device: torch.device) -> bool:
-    """On the CPU under glibc (Linux), keep memory freed by one step for the next instead of handing
-    it back to the kernel; returns whether the setting was made.
-
-    PyTorch takes CPU tensors straight from malloc, and glibc maps every block over 32 MB afresh and
-    unmaps it on free, so each step's large activations were faulted in (and zero-filled) page by page
-    again. Kept, a training step of widths 32..512 at 512x512 measured 1.3-2.1x and 512_96 inference
-    1.5x as fast, the kernel's share of a bench run of the step fell from 10 s to 1 s, and peak
-    memory rose 7-20% (bench.py, "CPU allocator"). The setting is the process's, inherited by forked
-    workers, and cannot be undone in it; serve.py does the opposite (serve.release_large_buffers) to
-    keep a server's memory flat. (Blocks over 64 MB asked for by other threads than the main one still
-    come from mappings: PyTorch's CPU forward and backward allocate in the calling thread.)"""
-    # no block from mmap, and the free top of the heap never returned (-1 reads as the largest size)
-    return device.type == "cpu" and mallopt((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """cuDNN runs bf16 convolutions natively from compute capability 8 (Ampere) on; older GPUs
-    (T4, V100) accept bf16 autocast but fall to a slow emulated path."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
-
-
-def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision name (None: plain fp32). "auto": bf16 on GPUs that run it
-    natively, fp16 (with a loss scaler when training) on older GPUs, fp32 on the CPU. An explicit
-    bf16 on a GPU without native bf16 is refused."""
-    if name not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
-    if name == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if native_bf16(device) else torch.float16
-    if name == "bf16" and device.type == "cuda" and not native_bf16(device):
-        major, minor = torch.cuda.get_device_capability(device)
-        raise ValueError(f"bf16 on {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) "
-                         "has no native kernels and runs every convolution on a slow path; use fp16 (or auto)")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
 # ---- checkpoints --------------------------------------------------------------------------------
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -511,7 +443,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               f"torch.save?): {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
     if isinstance(ckpt, dict) and "model_config" not in ckpt and any(k in ckpt for k in RELEASED_MARKERS):
         raise CheckpointError(f"{path}: a state dict of the released code, not a checkpoint of this "
-                              f"project; convert it first: python unet.py convert {path} OUT.pt")
+                              f"project; convert it first: python unet.py convert {path} checkpoints/released/model.pt")
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no model_config/model entries)")
     version = ckpt.get("format_version", 0)
@@ -701,10 +633,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser = argparse.ArgumentParser(prog="unet.py convert", description="Convert a state dict saved by "
                                          "the released code (torch.save(model.state_dict())) to a checkpoint.")
         parser.add_argument("released", help="the released code's .pt state dict")
-        parser.add_argument("out", help="the checkpoint to write")
+        parser.add_argument("out", help="the checkpoint to write, e.g. checkpoints/released/model.pt")
         return parser.parse_args(argv[1:])
     parser = argparse.ArgumentParser(description="Describe a UNet preset: parameters, size, GFLOPs "
-                                     "(or `unet.py convert RELEASED.pt OUT.pt`).")
+                                     "(or `unet.py convert RELEASED.pt checkpoints/released/model.pt`).")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="512_96")
     parser.add_argument("--image_size", type=int, default=None, help="default: the preset's own")
     return parser.parse_args(argv)

@@ -88,7 +88,7 @@ class Colab:
         monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
         monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(vm / "stub"), os.environ.get("PYTHONPATH", "")]))
         monkeypatch.setenv("TMPDIR", str(self.tmp))
-        self.runs = self.drive / "MyDrive" / "fashion-segmentation" / "runs" / "tiny"
+        self.runs = self.drive / "MyDrive" / "fashion-segmentation" / "checkpoints" / "tiny"
 
     def notebook(self, *extra: str) -> nbformat.NotebookNode:
         """The notebook with the settings edited for a tiny run here; `extra` lines end the settings cell."""

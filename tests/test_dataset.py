@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dataset import (DEFAULT_TEST_SPLIT, DataError, EmptySplitError, FashionDataset, Pair, boundary_target,
-                     check_dataset, color_jitter, colorize, find_pairs, normalize, outfit_key, outfit_overlap,
-                     outfit_split, prepare_batch, read_image, read_mask, read_split_file, split_pairs)
+from dataset import (DEFAULT_TEST_SPLIT, DataError, EmptySplitError, FashionDataset, Pair, check_dataset, find_pairs,
+                     outfit_key, outfit_overlap, outfit_split, read_split_file, split_pairs)
+from images import boundary_target, color_jitter, colorize, normalize, prepare_batch, read_image, read_mask
 from labels import IGNORE_INDEX, LABELS, NUM_LABELS, PALETTE
 from synthetic import write_synthetic_dataset
 

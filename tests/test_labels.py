@@ -14,7 +14,8 @@ from torch import nn
 
 import evaluate
 import predict
-from dataset import DataError, FashionDataset, find_pairs, get_layout, read_mask, split_pairs
+from dataset import DataError, FashionDataset, find_pairs, get_layout, split_pairs
+from images import read_mask
 from labels import (DEEPFASHION_MM, IGNORE_INDEX, LABEL_DIR, LABELS, LabelSet, load_label_map, load_label_set,
                     shipped_names)
 from synthetic import write_synthetic_lip

@@ -1,4 +1,4 @@
-"""unet.keep_freed_memory: on Linux with glibc, large CPU tensors come from the process's heap, where
+"""device.keep_freed_memory: on Linux with glibc, large CPU tensors come from the process's heap, where
 freed memory is reused, instead of fresh mappings that the kernel faults in page by page."""
 import os
 import platform
@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # in a mapping of its own, and whether freeing it handed the heap's top back to the kernel; run in a
 # child process, as the setting is the whole process's.
 PROBE = """
-import sys, torch, unet
-kept = unet.keep_freed_memory(torch.device(sys.argv[1]))
+import sys, torch
+from device import keep_freed_memory
+kept = keep_freed_memory(torch.device(sys.argv[1]))
 def heap():
     for line in open("/proc/self/maps"):
         if line.rstrip().endswith("[heap]"):

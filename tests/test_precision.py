@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import run
 import unet
 from dataset import FashionDataset
+from device import pick_precision
 from synthetic import write_synthetic_dataset
 from unet import read_checkpoint
 
@@ -81,16 +82,16 @@ class FakeGPU:
 
 def test_auto_precision_per_device(monkeypatch):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert unet.pick_precision("auto", cpu) is None                     # fp32 on the CPU
-    assert unet.pick_precision("fp16", cpu) == torch.float16            # runs there too
+    assert pick_precision("auto", cpu) is None                     # fp32 on the CPU
+    assert pick_precision("fp16", cpu) == torch.float16            # runs there too
     FakeGPU(monkeypatch, (7, 5), "Tesla T4")
-    assert unet.pick_precision("auto", cuda) == torch.float16
+    assert pick_precision("auto", cuda) == torch.float16
     with pytest.raises(ValueError, match="Tesla T4 .compute capability 7.5. has no native.*use fp16"):
-        unet.pick_precision("bf16", cuda)
+        pick_precision("bf16", cuda)
     FakeGPU(monkeypatch, (9, 0), "NVIDIA H100 80GB HBM3")
-    assert unet.pick_precision("auto", cuda) == torch.bfloat16
-    assert unet.pick_precision("bf16", cuda) == torch.bfloat16
-    assert unet.pick_precision("fp32", cuda) is None
+    assert pick_precision("auto", cuda) == torch.bfloat16
+    assert pick_precision("bf16", cuda) == torch.bfloat16
+    assert pick_precision("fp32", cuda) is None
 
 
 def test_the_precision_flags_default_to_auto():

@@ -14,7 +14,7 @@ from PIL import Image
 import postprocess
 import predict
 import unet
-from dataset import normalize, prepare_whole_image
+from images import normalize, prepare_whole_image
 from labels import LABELS, NUM_LABELS
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import unet
-from dataset import normalize
+from images import normalize
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "released"
 KEYS = json.loads((FIXTURES / "keys.json").read_text())

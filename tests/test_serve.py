@@ -533,7 +533,14 @@ def test_multipart_file():
 
 
 def test_without_a_checkpoint_it_says_how_to_make_one(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # no runs/tiny/model.pt here
+    monkeypatch.chdir(tmp_path)  # no checkpoints/tiny/model.pt here
     with pytest.raises(SystemExit) as exit:
         serve.main([])
     assert exit.value.code == 2 and "python run.py" in capsys.readouterr().err
+
+
+def test_the_demo_model_is_where_python_run_py_writes_it():
+    import run
+    default = run.TrainConfig()
+    written = Path(default.output_dir) / default.output_file_name
+    assert serve.DEMO_CHECKPOINT == written == Path("checkpoints/tiny/model.pt")

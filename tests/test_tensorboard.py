@@ -133,7 +133,7 @@ def test_a_run_killed_after_its_last_checkpoint_keeps_the_validation_figures(dat
 
 
 def test_the_printed_commands_copy_into_a_shell_with_spaces_in_the_paths(data_dir, tmp_path, capsys):
-    out = tmp_path / "my drive" / "runs dir" / "1_simple"
+    out = tmp_path / "my drive" / "checkpoints dir" / "1_simple"
     run.main(flags(data_dir, out, "--max_steps", "1", "--val_fraction", "0"))
     lines = {line.split(":", 1)[0]: line.split(":", 1)[1] for line in capsys.readouterr().out.splitlines()
              if ":" in line}

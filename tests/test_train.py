@@ -230,10 +230,10 @@ def test_the_main_job_runs_on_a_fresh_checkout(tmp_path):
     proc = subprocess.run([sys.executable, "run.py", "--max_steps", "20"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    final = tmp_path / "runs" / "tiny" / "model.pt"
-    assert f"final weights: {Path('runs/tiny/model.pt')}" in proc.stdout
+    final = tmp_path / "checkpoints" / "tiny" / "model.pt"
+    assert f"final weights: {Path('checkpoints/tiny/model.pt')}" in proc.stdout
     assert "python evaluate.py --checkpoint" in proc.stdout
     from unet import load_model
     load_model(final)
-    assert list((tmp_path / "runs" / "tiny").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "checkpoints" / "tiny").glob("events.out.tfevents.*"))
     assert len(list((tmp_path / "data" / "synthetic" / "images").glob("*.jpg"))) == 240

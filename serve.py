@@ -57,7 +57,6 @@ from PIL import Image
 
 import postprocess
 import predict
-import unet
 from device import M_MMAP_THRESHOLD, PRECISIONS, mallopt
 from labels import IGNORE_INDEX, LabelMap, load_label_map, shipped_names
 

@@ -11,17 +11,27 @@ Raw scores the per-pixel argmax; --postprocess names the post-processing scored 
 whose ground truth contains it of (intersection + 1) / (union + 1); pixel accuracy and subject
 accuracy (pixels whose truth is not background), each the median of the per-image values. The
 per-image CSV has exactly the columns of the published per-image statistics, so runs compare
-row by row; `--summarize` rebuilds the table from such CSVs. Beyond the published table:
-data-set-level IoU and mIoU from the summed confusion matrix, TopFormer's metric (per label the mean
-over all images of the per-image IoU, an image without the label counting 0) and a boundary F-score.
---label_map NAME|FILE (dataset.load_label_map: u2net = topformer, atr, lip, fashn, or a file) scores
-prediction and truth in the mapped label set, so the 4-class upper/lower/full-body figures sit beside
-U2NET's and TopFormer's. Data sets of other layouts (--data_layout) are read as run.py trained on them.
+row by row; `--summarize` rebuilds the table from such CSVs. Every figure comes with a 95% bootstrap
+interval, and each later column (a method, or a later CSV) is compared with the first image by image:
+the difference with a paired interval and a Holm-corrected Wilcoxon test (stats.py). Beyond the
+published table: data-set-level IoU and mIoU from the summed confusion matrix, TopFormer's metric (per
+label the mean over all images of the per-image IoU, an image without the label counting 0) and a
+boundary F-score. --label_map NAME|FILE (labels.load_label_map: u2net = topformer, atr, lip, fashn, the
+<set>-to-upper-lower-full maps, or a file) scores the predictions in a mapped label set: masks of the
+model's label set are mapped with it too (the 4-class upper/lower/full-body figures beside U2NET's and
+TopFormer's), masks already of its target set are scored as they are (a DeepFashion-MultiModal model on
+LIP in LIP's labels), and --truth_map maps masks of a third set into the same one (two label sets
+scored in a shared one); labels.scoring_maps has the rules. Data sets of other layouts (--data_layout)
+are read as run.py trained on them, their masks in --labels, else the layout's label set.
 Outputs (in --out): per_image.csv (raw), per_image_postprocessed.csv (the first --postprocess
-method; each further one in per_image_postprocessed_<method>.csv), table.md, table.csv,
-metrics.json, panels/, backwards/.
+method; each further one in per_image_postprocessed_<method>.csv), table.md, table.csv (the point
+figures), summary.json, summary.csv, summary.png (intervals, paired comparisons, the forest plot),
+metrics.json, panels/, backwards/; `--summarize ... --out DIR` writes the tables and summary files.
 
     python evaluate.py --checkpoint runs/tiny/model.pt --data_dir data/synthetic --label_map u2net
+    python evaluate.py --checkpoint runs/512_96/3_full/model.pt --data_dir LIP --data_layout lip --label_map lip
+    python evaluate.py --checkpoint runs/512_96/3_full/model.pt --data_dir LIP --data_layout lip \\
+        --label_map u2net --truth_map lip-to-upper-lower-full
 """
 from __future__ import annotations
 
@@ -43,8 +53,8 @@ from tqdm import tqdm
 
 from dataset import (LAYOUTS, FashionDataset, boundary_target, find_pairs, get_layout, outfit_overlap,
                      prepare_batch, prepare_images)
-from labels import (DEEPFASHION_MM, IGNORE_INDEX, LABELS, LabelMap, LabelSet, load_label_map, load_label_set,
-                    scoring_maps, shipped_names)
+from labels import (DEEPFASHION_MM, IGNORE_INDEX, LABELS, DataError, LabelMap, LabelSet, load_label_map,
+                    load_label_set, scoring_maps, shipped_names)
 import postprocess
 import stats
 
@@ -421,7 +431,10 @@ def per_image_csv(variant: str, methods: tuple[str, ...]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--summarize", nargs="+", metavar="CSV", help="rebuild the table from per-image CSVs")
+    p.add_argument("--summarize", nargs="+", metavar="CSV",
+                   help="rebuild the table from per-image CSVs, a column each (named by the file's stem), with 95%% "
+                        "bootstrap intervals; each later one is compared with the first on the images both hold "
+                        "(--out DIR: table.md, table.csv, summary.json, summary.csv, summary.png)")
     p.add_argument("--checkpoint", help="model to evaluate")
     p.add_argument("--data_dir", help="data set root (DeepFashion-MultiModal: images/, segm/)")
     p.add_argument("--data_layout", choices=list(LAYOUTS),
@@ -552,8 +565,11 @@ def main(argv: list[str] | None = None) -> None:
     config = model.config
     suffix = f"-{(label_map or truth_map).name}" if label_map or truth_map else ""
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}{suffix}"
-    results = evaluate(model, dataset, out, device, args.batch_size, args.num_workers, args.postprocess,
-                       args.panels, dtype, label_map, truth_map)
+    try:
+        results = evaluate(model, dataset, out, device, args.batch_size, args.num_workers, args.postprocess,
+                           args.panels, dtype, label_map, truth_map)
+    except DataError as e:                          # a photo or mask that cannot be read as the data set's
+        sys.exit(f"error: {e}")
     results["precision"] = str(dtype or torch.float32).removeprefix("torch.")
     print(report(results, out, args.postprocess))
     if args.split == "test" and dataset.layout.test_rule == "published":   # another view of a test outfit

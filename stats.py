@@ -166,9 +166,13 @@ def common_images(first: dict, later: dict, names: tuple[str, str]) -> tuple[dic
     if not rows:
         raise ValueError(f"{names[1]} and {names[0]} hold no image in common (by the file column): nothing to pair")
     a, b = (np.array(r) for r in zip(*rows))
-    cut = lambda stats, index: {k: (v[index] if isinstance(v, np.ndarray) else  # noqa: E731
-                                    tuple(v[i] for i in index) if k == "files" else v) for k, v in stats.items()}
-    return cut(first, a), cut(later, b)
+    return _images(first, a), _images(later, b)
+
+
+def _images(stats: dict, index: np.ndarray) -> dict:
+    """A column's rows `index` (every per-image array and the file names; the label names stay)."""
+    return {k: v[index] if isinstance(v, np.ndarray) else tuple(v[i] for i in index) if k == "files" else v
+            for k, v in stats.items()}
 
 
 def paired_summary(first: dict, later: dict, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[dict, dict]:
@@ -177,9 +181,9 @@ def paired_summary(first: dict, later: dict, resamples: int = RESAMPLES, seed: i
     n = len(first["files"])
     weights, ones = resample_counts(n, resamples, seed), np.ones((1, n), dtype=np.int64)
     present = (first["true mass"] > 0) & (later["true mass"] > 0)                          # (N, L)
-    diff = lambda w: (weighted_medians(later["iou score"], present, w)  # noqa: E731
-                      - weighted_medians(first["iou score"], present, w))
-    point, (low, high) = diff(ones)[0], percentile_interval(diff(weights))
+    point, resampled = [weighted_medians(later["iou score"], present, w)              # (1, L), (R, L): the
+                        - weighted_medians(first["iou score"], present, w) for w in (ones, weights)]   # same draws
+    point, (low, high) = point[0], percentile_interval(resampled)
     p = np.array([wilcoxon_p(first["iou score"][present[:, j], j], later["iou score"][present[:, j], j])
                   for j in range(present.shape[1])])
     labels = _paired_entries(first["labels"], point, low, high, p, present.sum(0))
@@ -196,7 +200,10 @@ def _wilcoxon_of_values(first: np.ndarray, later: np.ndarray) -> float:
     return wilcoxon_p(first[both], later[both])
 
 
-def _paired_entries(names, point, low, high, p, counts) -> dict:
+def _paired_entries(names, point: np.ndarray, low: np.ndarray, high: np.ndarray, p: np.ndarray,
+                    counts: np.ndarray) -> dict:
+    """{name: {"diff", "ci_low", "ci_high", "p", "p_holm", "significant", "n"}}, Holm's correction over the
+    names with a p-value; "significant" None where there is none."""
     adjusted = holm(p)
     entries = {}
     for j, name in enumerate(names):
@@ -338,7 +345,7 @@ def plot_summary(summary: dict, path: Path) -> None:
         entries = [summary[single][key_][name] for single, _, _, key_, _ in rows]
         _forest(axes[0], [e[key] for e, (_, _, key, _, _) in zip(entries, rows)], entries, y + offsets[c],
                 f"C{c}", name)
-    axes[0].set_title(f"median IoU / figure, {round(100 * summary['confidence'])}% interval")
+    axes[0].set_title(f"median IoU / figure\nwith its {round(100 * summary['confidence'])}% interval", fontsize=10)
     for ax, name in zip(axes[1:], later):
         entries = [summary[paired][name][key_] for _, paired, _, key_, _ in rows]
         verdict = [e["significant"] for e in entries]
@@ -351,7 +358,7 @@ def plot_summary(summary: dict, path: Path) -> None:
             if e["significant"]:
                 ax.annotate("*", (1, yy), xycoords=("axes fraction", "data"), ha="right", va="center", color="red")
         common = summary["paired_summary"][name][SUMMARY[0]]["n"]
-        ax.set_title(f"{name} − {names[0]} (paired, {common} images in common)")
+        ax.set_title(f"{name} − {names[0]}\n(paired, on the {common} images in common)", fontsize=10)
     axes[0].set_yticks(y, [text for *_, text in rows], fontsize=8)
     for ax in axes:
         ax.grid(axis="x", alpha=0.3)

@@ -15,7 +15,7 @@ from torch import nn
 
 import evaluate
 from dataset import FashionDataset
-from labels import (DEEPFASHION_MM, IGNORE_INDEX, LABELS, DataError, load_label_map, load_label_set, scoring_maps)
+from labels import DEEPFASHION_MM, IGNORE_INDEX, DataError, load_label_map, load_label_set, scoring_maps
 from synthetic import write_synthetic_dataset, write_synthetic_lip
 from unet import PRESETS, UNet, UNetOutput, model_checkpoint
 
@@ -66,7 +66,7 @@ class FixedModel(nn.Module):
         return UNetOutput(logits, torch.zeros(image.shape[0], *image.shape[2:]))
 
 
-def bands(names, label_set, *spans: tuple[int, int, str]) -> np.ndarray:
+def bands(label_set, *spans: tuple[int, int, str]) -> np.ndarray:
     """(64, 64) ids of label_set: rows [start, end) of each named label, background elsewhere."""
     ids = np.zeros((64, 64), np.uint8)
     for start, end, name in spans:
@@ -78,7 +78,7 @@ def bands(names, label_set, *spans: tuple[int, int, str]) -> np.ndarray:
 def lip_pair(tmp_path) -> FashionDataset:
     """One LIP val image (SCHP's flat folders): upper-clothes rows 0-15, left-arm 16-31, pants 32-47, background
     48-63; and a train image, which LIP's layout needs."""
-    truth = bands(None, LIP, (0, 16, "upper-clothes"), (16, 32, "left-arm"), (32, 48, "pants"))
+    truth = bands(LIP, (0, 16, "upper-clothes"), (16, 32, "left-arm"), (32, 48, "pants"))
     for part, stem in (("val", "1_100"), ("train", "2_200")):
         (tmp_path / f"{part}_images").mkdir()
         (tmp_path / f"{part}_segmentations").mkdir()
@@ -88,7 +88,7 @@ def lip_pair(tmp_path) -> FashionDataset:
 
 
 # DF-MM predictions: top 0-7, outer 8-15, skin 16-31 and 40-47, leggings 32-39, background 48-55, pants 56-63
-PREDICTION = bands(None, DEEPFASHION_MM, (0, 8, "top"), (8, 16, "outer"), (16, 32, "skin"), (32, 40, "leggings"),
+PREDICTION = bands(DEEPFASHION_MM, (0, 8, "top"), (8, 16, "outer"), (16, 32, "skin"), (32, 40, "leggings"),
                    (40, 48, "skin"), (56, 64, "pants"))
 ROW = 64                                                                                 # pixels a row
 

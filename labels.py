@@ -4,6 +4,8 @@ A label set (`LabelSet`) is a name per id and a colour per id; DeepFashion-Multi
 (`DEEPFASHION_MM`, the default) and labels/ ships others (lip, cihp, atr, fashn, upper-lower-full), each a
 JSON file naming its source. A label map (`LabelMap`, labels/maps/) sends each label of one set to one of
 another, or lists it as unmapped with the reason; `load_label_map` refuses a map that leaves a label out.
+`scoring_maps` says how a model of one label set is scored on masks of another (evaluate.py): in the
+masks' own labels, or both mapped into a shared set (labels/maps/<set>-to-upper-lower-full.json).
 Checkpoints and ONNX files carry their label set (`LabelSet.to_dict`), so every consumer names its outputs
 without flags. This module imports nothing of the project's: dataset.py, unet.py, losses.py, evaluate.py,
 predict.py and serve.py all read their labels from here.

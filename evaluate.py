@@ -11,17 +11,27 @@ Raw scores the per-pixel argmax; --postprocess names the post-processing scored 
 whose ground truth contains it of (intersection + 1) / (union + 1); pixel accuracy and subject
 accuracy (pixels whose truth is not background), each the median of the per-image values. The
 per-image CSV has exactly the columns of the published per-image statistics, so runs compare
-row by row; `--summarize` rebuilds the table from such CSVs. Beyond the published table:
-data-set-level IoU and mIoU from the summed confusion matrix, TopFormer's metric (per label the mean
-over all images of the per-image IoU, an image without the label counting 0) and a boundary F-score.
---label_map NAME|FILE (labels.load_label_map: u2net = topformer, atr, lip, fashn, or a file) scores
-prediction and truth in the mapped label set, so the 4-class upper/lower/full-body figures sit beside
-U2NET's and TopFormer's. Data sets of other layouts (--data_layout) are read as run.py trained on them.
+row by row; `--summarize` rebuilds the table from such CSVs. Every figure comes with a 95% bootstrap
+interval, and each later column (a method, or a later CSV) is compared with the first image by image:
+the difference with a paired interval and a Holm-corrected Wilcoxon test (stats.py). Beyond the
+published table: data-set-level IoU and mIoU from the summed confusion matrix, TopFormer's metric (per
+label the mean over all images of the per-image IoU, an image without the label counting 0) and a
+boundary F-score. --label_map NAME|FILE (labels.load_label_map: u2net = topformer, atr, lip, fashn, the
+<set>-to-upper-lower-full maps, or a file) scores the predictions in a mapped label set: masks of the
+model's label set are mapped with it too (the 4-class upper/lower/full-body figures beside U2NET's and
+TopFormer's), masks already of its target set are scored as they are (a DeepFashion-MultiModal model on
+LIP in LIP's labels), and --truth_map maps masks of a third set into the same one (two label sets
+scored in a shared one); labels.scoring_maps has the rules. Data sets of other layouts (--data_layout)
+are read as run.py trained on them, their masks in --labels, else the layout's label set.
 Outputs (in --out): per_image.csv (raw), per_image_postprocessed.csv (the first --postprocess
-method; each further one in per_image_postprocessed_<method>.csv), table.md, table.csv,
-metrics.json, panels/, backwards/.
+method; each further one in per_image_postprocessed_<method>.csv), table.md, table.csv (the point
+figures), summary.json, summary.csv, summary.png (intervals, paired comparisons, the forest plot),
+metrics.json, panels/, backwards/; `--summarize ... --out DIR` writes the tables and summary files.
 
     python evaluate.py --checkpoint checkpoints/tiny/model.pt --data_dir data/synthetic --label_map u2net
+    python evaluate.py --checkpoint checkpoints/512_96/3_full/model.pt --data_dir LIP --data_layout lip --label_map lip
+    python evaluate.py --checkpoint checkpoints/512_96/3_full/model.pt --data_dir LIP --data_layout lip \\
+        --label_map u2net --truth_map lip-to-upper-lower-full
 """
 from __future__ import annotations
 
@@ -43,9 +53,10 @@ from tqdm import tqdm
 
 from dataset import LAYOUTS, FashionDataset, find_pairs, get_layout, outfit_overlap
 from images import boundary_target, prepare_batch, prepare_images
-from labels import (DEEPFASHION_MM, IGNORE_INDEX, LABELS, LabelMap, LabelSet, load_label_map, load_label_set,
-                    shipped_names)
+from labels import (DEEPFASHION_MM, IGNORE_INDEX, LABELS, DataError, LabelMap, LabelSet, load_label_map,
+                    load_label_set, scoring_maps, shipped_names)
 import postprocess
+import stats
 
 # Left out of the published table: labels under this share (in %) of the labelled pixels
 # (neckwear, gloves, earrings and tie in the published test set).
@@ -149,8 +160,9 @@ def csv_row(file: str, stats: dict) -> list[str]:
 
 def read_stats_csv(path: str | Path) -> dict[str, np.ndarray]:
     """A per-image CSV -> arrays: "intersection", "union", "iou score", "true mass" (N, L), "pixel
-    accuracy" and "model pixel accuracy" (N,), and "labels" (the L names, read off the header, so a
-    CSV of any label set reads). Empty cells are 0; repeated columns are read once."""
+    accuracy" and "model pixel accuracy" (N,), "files" (the N names, which pair images across CSVs) and
+    "labels" (the L names, read off the header, so a CSV of any label set reads). Empty cells are 0;
+    repeated columns are read once."""
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows or "file" not in rows[0]:
@@ -168,7 +180,8 @@ def read_stats_csv(path: str | Path) -> dict[str, np.ndarray]:
 
     return {**{block: values([f"{n} {block}" for n in labels]) for block in CSV_BLOCKS if block != "predicted mass"},
             "pixel accuracy": values(["pixel accuracy"])[:, 0],
-            "model pixel accuracy": values(["model pixel accuracy"])[:, 0], "labels": labels}
+            "model pixel accuracy": values(["model pixel accuracy"])[:, 0], "labels": labels,
+            "files": tuple(r[column["file"]] for r in rows[1:])}
 
 
 def mean_image_iou(stats: dict[str, np.ndarray]) -> np.ndarray:
@@ -194,8 +207,10 @@ def label_table(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray | float]:
             "subject accuracy": float(np.nanmedian(stats["model pixel accuracy"]))}
 
 
-def format_tables(tables: dict[str, dict]) -> tuple[str, list[list[str]]]:
-    """Side-by-side columns (one per name) as Markdown and as CSV rows, labels by proportion."""
+def format_tables(tables: dict[str, dict], summary: dict | None = None) -> tuple[str, list[list[str]]]:
+    """Side-by-side columns (one per name) as Markdown and as CSV rows (table.csv: the point figures),
+    labels by proportion. With `summary` (stats.summarize) the Markdown rows carry each figure's interval
+    and the paired comparisons (stats.interval_table); table.csv keeps the point figures alone."""
     first = next(iter(tables.values()))
     names = first.get("labels", LABELS)
     order = np.argsort(-first["proportion"], kind="stable")
@@ -209,6 +224,8 @@ def format_tables(tables: dict[str, dict]) -> tuple[str, list[list[str]]]:
         rows.append([key, "", "", *(f"{t[key]:.3f}" for t in tables.values())])
     md = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    if summary is not None:
+        md = [stats.interval_table(summary, [tuple(r[:3]) for r in rows[1:1 + len(common)]])]
     if rare:
         md.append(f"\nLeft out as rare (under {RARE_PROPORTION}% of labelled pixels): {', '.join(rare)}")
     return "\n".join(md), rows
@@ -227,14 +244,17 @@ def format_image_iou(tables: dict[str, dict]) -> str:
     return "\n".join(md)
 
 
-def write_tables(tables: dict[str, dict], out: Path) -> str:
-    markdown, rows = format_tables(tables)
+def write_tables(tables: dict[str, dict], out: Path, summary: dict | None = None) -> str:
+    """table.md, table.csv and, with `summary`, summary.json, summary.csv and summary.png in `out`."""
+    markdown, rows = format_tables(tables, summary)
     if all("mean image iou" in t for t in tables.values()):
         markdown += "\n\n" + format_image_iou(tables)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(markdown + "\n")
     with open(out / "table.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
+    if summary is not None:
+        stats.write_summary(summary, out)
     return markdown
 
 
@@ -328,16 +348,20 @@ def save_backwards(out: Path, name: str, before: np.ndarray, after: np.ndarray) 
 
 def evaluate(model, dataset: FashionDataset, out: Path, device: torch.device, batch_size: int = 8,
              num_workers: int = 2, methods: tuple[str, ...] = ("published",), panels: int = 8,
-             dtype: torch.dtype | None = None, label_map: LabelMap | None = None) -> dict:
+             dtype: torch.dtype | None = None, label_map: LabelMap | None = None,
+             truth_map: LabelMap | None = None) -> dict:
     """Run the model over `dataset`, scoring the argmax ("raw") and each post-processing of
     `methods` (postprocess.METHODS names); write the per-image CSVs and panels; return the summaries.
-    dtype: the autocast dtype (device.pick_precision), None for fp32. With label_map, prediction and
-    truth are scored in its target label set: truth pixels of unmapped labels are not scored, and a
-    prediction of an unmapped label is wrong everywhere (an extra confusion-matrix column, dropped
+    dtype: the autocast dtype (device.pick_precision), None for fp32. With label_map the predictions are
+    scored in its target label set, the masks (of dataset.labels) mapped there as labels.scoring_maps
+    says: with truth_map, by label_map when of the model's set, as annotated when already of the target
+    set. Truth pixels of unmapped labels, and of labels no label of the model's maps to, are not scored;
+    a prediction of an unmapped label is wrong everywhere (an extra confusion-matrix column, dropped
     from every per-label figure)."""
     model.eval().to(device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
-    label_set = label_map.target if label_map else model.label_set
+    scoring = scoring_maps(model.label_set, dataset.labels, label_map, truth_map)
+    label_set, truth_table = scoring.labels, scoring.truth_table()                    # (256,) mask id -> scored id
     count = len(label_set)
     size = count + (label_map is not None)                  # + "unmapped" for mapped predictions
     variants = ["raw", *methods]
@@ -353,14 +377,14 @@ def evaluate(model, dataset: FashionDataset, out: Path, device: torch.device, ba
         edge_probs = output.boundary_logits.float().sigmoid().cpu()          # (B, H, W)
         for i, index in enumerate(batch["index"].tolist()):
             h, w = batch["valid_hw"][i].tolist() if "valid_hw" in batch else batch["mask"].shape[1:]
-            truth = batch["mask"][i, :h, :w]
+            mask = batch["mask"][i, :h, :w]
+            truth = torch.from_numpy(truth_table[mask.numpy()])                            # (h, w) scored ids
             prob, edge = probs[i, :, :h, :w].numpy(), edge_probs[i, :h, :w].numpy()
             maps = {"raw": prob.argmax(0)}
             for method in methods:
                 maps[method] = postprocess.run(method, prob, edge)
-            edges += boundary_counts(edge >= BOUNDARY_THRESHOLD, boundary_target(truth).numpy() > 0)
+            edges += boundary_counts(edge >= BOUNDARY_THRESHOLD, boundary_target(mask).numpy() > 0)
             if label_map is not None:
-                truth = torch.from_numpy(label_map.apply(truth.numpy()))
                 maps = {v: label_map.apply(m, unmapped=count) for v, m in maps.items()}
             name = dataset.pairs[index].mask.name
             for v, labels in maps.items():
@@ -377,7 +401,9 @@ def evaluate(model, dataset: FashionDataset, out: Path, device: torch.device, ba
             csv.writer(f).writerows([csv_header(label_set.labels), *rows[v]])
     return {v: dataset_metrics(cms[v], label_set.labels) for v in variants} | \
            {"boundary F-score": boundary_f_score(edges), "labels": label_set.name} | \
-           ({"label_map": label_map.name} if label_map else {})
+           ({"label_map": label_map.name} if label_map else {}) | \
+           ({"truth_map": truth_map.name} if truth_map else {}) | \
+           ({"not scored": list(scoring.not_scored)} if scoring.not_scored else {})
 
 
 def trimmed_stats(cm: Tensor, count: int) -> dict[str, np.ndarray | float]:
@@ -403,7 +429,10 @@ def per_image_csv(variant: str, methods: tuple[str, ...]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--summarize", nargs="+", metavar="CSV", help="rebuild the table from per-image CSVs")
+    p.add_argument("--summarize", nargs="+", metavar="CSV",
+                   help="rebuild the table from per-image CSVs, a column each (named by the file's stem), with 95%% "
+                        "bootstrap intervals; each later one is compared with the first on the images both hold "
+                        "(--out DIR: table.md, table.csv, summary.json, summary.csv, summary.png)")
     p.add_argument("--checkpoint", help="model to evaluate")
     p.add_argument("--data_dir", help="data set root (DeepFashion-MultiModal: images/, segm/)")
     p.add_argument("--data_layout", choices=list(LAYOUTS),
@@ -421,9 +450,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="auto: the layout's (center_strip for deepfashion-mm, letterbox elsewhere); "
                         "center_strip: the published square strip; whole: the whole photo, padded; "
                         "letterbox: the whole photo fitted into the training square")
+    p.add_argument("--labels", help="label set of the masks (a shipped name or a file; default: the layout's, "
+                                     "else the model's)")
     p.add_argument("--label_map", metavar="NAME|FILE",
-                   help="score predictions and truth in a mapped label set: a shipped map ("
-                        + ", ".join(shipped_names("maps")) + ", topformer) or a map file (README 'Label sets')")
+                   help="score in a mapped label set: the model's predictions go through this map (from its "
+                        "label set; shipped: " + ", ".join(shipped_names("maps")) + ", topformer, or a map file). "
+                        "Masks of the model's label set are mapped with it too, masks of its target set are "
+                        "scored as annotated (e.g. a DeepFashion-MultiModal model on LIP: --label_map lip "
+                        "--data_layout lip); target labels nothing maps to are not scored")
+    p.add_argument("--truth_map", metavar="NAME|FILE",
+                   help="map the masks (from their label set, --labels) into the set the predictions are scored "
+                        "in, to score two label sets in a third: e.g. a DeepFashion-MultiModal model on LIP in "
+                        "the 4 classes: --label_map u2net --truth_map lip-to-upper-lower-full --data_layout lip")
     p.add_argument("--out", help="output folder (default: next to the checkpoint, eval-<split>[-<map>])")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--num_workers", type=int, default=2)
@@ -454,23 +492,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def report(results: dict, out: Path, methods: tuple[str, ...]) -> str:
-    """The tables of an `evaluate` run from its per-image CSVs, written to `out` (table.md, table.csv);
+    """The tables of an `evaluate` run from its per-image CSVs, written to `out` (table.md, table.csv,
+    summary.json, summary.csv, summary.png: each variant with intervals, each method paired with raw);
     TopFormer's mean per-image IoU joins `results` per variant. -> the text to print."""
-    tables = {v: label_table(read_stats_csv(out / per_image_csv(v, methods))) for v in ("raw", *methods)}
-    lines = [write_tables(tables, out)]
+    columns = {v: read_stats_csv(out / per_image_csv(v, methods)) for v in ("raw", *methods)}
+    tables = {v: label_table(s) for v, s in columns.items()}
+    summary = stats.summarize(columns)
+    lines = [write_tables(tables, out, summary)]
+    if results.get("not scored"):
+        lines.append(f"Not scored (no label of the model's maps to them; their truth pixels are ignored): "
+                     f"{', '.join(results['not scored'])}")
+        with open(out / "table.md", "a") as f:
+            f.write(f"\n{lines[-1]}\n")
     for v, table in tables.items():
-        per_label = table["mean image iou"]
+        per_label, ci = table["mean image iou"], {k: stats.interval(e[v], 4) for k, e in summary["summary"].items()}
         results[v]["mean image IoU"] = dict(zip(table["labels"], per_label.tolist()))
         results[v]["mean image IoU, labels but background"] = float(per_label[1:].mean())
-        lines.append(f"{v}: data-set pixel accuracy {results[v]['pixel accuracy']:.4f}, mIoU {results[v]['mIoU']:.4f}, "
-                     f"mean per-image IoU (absent = 0) over the labels but background {per_label[1:].mean():.4f}")
-    lines.append(f"boundary F-score: {results['boundary F-score']:.4f}")
+        lines.append(f"{v}: data-set pixel accuracy {results[v]['pixel accuracy']:.4f} {ci['data-set pixel accuracy']}, "
+                     f"mIoU {results[v]['mIoU']:.4f} {ci['mIoU']}, mean per-image IoU (absent = 0) over the labels "
+                     f"but background {per_label[1:].mean():.4f} {ci['mean image IoU']}")
+    lines.append(f"boundary F-score: {results['boundary F-score']:.4f} (over all pixels at once: no interval)")
     return "\n".join(lines)
 
 
 def setup(args: argparse.Namespace):
-    """(device, autocast dtype, model, data set, label map or None) for an evaluation run; the layout,
-    mask names and test fraction default to those the checkpoint trained with."""
+    """(device, autocast dtype, model, data set, label map, truth map) for an evaluation run (the maps None
+    where not given, checked by labels.scoring_maps before any data is read); the layout, mask names and
+    test fraction default to those the checkpoint trained with."""
     from device import keep_freed_memory, pick_device, pick_precision   # --summarize
     from unet import model_from_checkpoint, read_checkpoint                # needs none
     device = pick_device(args.device)
@@ -481,37 +529,45 @@ def setup(args: argparse.Namespace):
     trained = ckpt.get("train_config", {})
     layout = get_layout(args.data_layout or trained.get("data_layout", "deepfashion-mm"),
                         args.mask_pattern if args.mask_pattern is not None else trained.get("mask_pattern", ""))
-    if layout.labels and load_label_set(layout.labels).labels != model.label_set.labels:
-        raise ValueError(f"{args.data_dir} ({layout.name}) has masks of label set {layout.labels}; the model's "
-                         f"is {model.label_set.name}: evaluate it on data of its own label set")
+    truth_set = load_label_set(args.labels or layout.labels) if args.labels or layout.labels else model.label_set
     label_map = load_label_map(args.label_map, model.label_set) if args.label_map else None
+    truth_map = load_label_map(args.truth_map) if args.truth_map else None
+    scoring_maps(model.label_set, truth_set, label_map, truth_map)
     config = model.config
     mode = layout.eval_mode if args.mode == "auto" else args.mode
     dataset = FashionDataset(args.data_dir, args.split, image_size=config.image_size, mode=mode,
                              size_multiple=config.size_multiple, test_split=args.test_split, layout=layout,
-                             labels=model.label_set, fit=config.fit,
+                             labels=truth_set, fit=config.fit,
                              test_fraction=args.test_fraction or trained.get("test_fraction", 0.1))
-    return device, dtype, model, dataset, label_map
+    return device, dtype, model, dataset, label_map, truth_map
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.summarize:
+        names = [Path(p).stem for p in args.summarize]
         try:
-            tables = {Path(p).stem: label_table(read_stats_csv(p)) for p in args.summarize}
+            if len(set(names)) < len(names):
+                raise ValueError(f"columns are named by file stem, and two files are named alike: {' '.join(names)}")
+            columns = {name: read_stats_csv(p) for name, p in zip(names, args.summarize)}
+            summary = stats.summarize(columns)
         except (OSError, ValueError) as e:
             sys.exit(f"error: {e}")
-        print(write_tables(tables, Path(args.out)) if args.out else format_tables(tables)[0])
+        tables = {name: label_table(s) for name, s in columns.items()}
+        print(write_tables(tables, Path(args.out), summary) if args.out else format_tables(tables, summary)[0])
         return
     try:
-        device, dtype, model, dataset, label_map = setup(args)
+        device, dtype, model, dataset, label_map, truth_map = setup(args)
     except ValueError as e:                         # DataError and CheckpointError included
         sys.exit(f"error: {e}")
     config = model.config
-    suffix = f"-{label_map.name}" if label_map else ""
+    suffix = f"-{(label_map or truth_map).name}" if label_map or truth_map else ""
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}{suffix}"
-    results = evaluate(model, dataset, out, device, args.batch_size, args.num_workers, args.postprocess,
-                       args.panels, dtype, label_map)
+    try:
+        results = evaluate(model, dataset, out, device, args.batch_size, args.num_workers, args.postprocess,
+                           args.panels, dtype, label_map, truth_map)
+    except DataError as e:                          # a photo or mask that cannot be read as the data set's
+        sys.exit(f"error: {e}")
     results["precision"] = str(dtype or torch.float32).removeprefix("torch.")
     print(report(results, out, args.postprocess))
     if args.split == "test" and dataset.layout.test_rule == "published":   # another view of a test outfit

@@ -4,6 +4,8 @@ A label set (`LabelSet`) is a name per id and a colour per id; DeepFashion-Multi
 (`DEEPFASHION_MM`, the default) and labels/ ships others (lip, cihp, atr, fashn, upper-lower-full), each a
 JSON file naming its source. A label map (`LabelMap`, labels/maps/) sends each label of one set to one of
 another, or lists it as unmapped with the reason; `load_label_map` refuses a map that leaves a label out.
+`scoring_maps` says how a model of one label set is scored on masks of another (evaluate.py): in the
+masks' own labels, or both mapped into a shared set (labels/maps/<set>-to-upper-lower-full.json).
 Checkpoints and ONNX files carry their label set (`LabelSet.to_dict`), so every consumer names its outputs
 without flags. This module imports nothing of the project's: dataset.py, unet.py, losses.py, evaluate.py,
 predict.py and serve.py all read their labels from here.
@@ -42,7 +44,8 @@ PALETTE = np.array([  # (24, 3) uint8, row = label id
 ], dtype=np.uint8)
 LABEL_DIR = Path(__file__).parent / "labels"   # shipped label sets (NAME.json) and maps (maps/NAME.json)
 DEFAULT_LABELS = "deepfashion-mm"
-MAP_ALIASES = {"topformer": "u2net", "upper-lower-full": "u2net"}   # the same 4-class set
+MAP_ALIASES = {"topformer": "u2net", "upper-lower-full": "u2net",   # the same 4-class set; the
+               "deepfashion-mm-to-upper-lower-full": "u2net"}    # name of the other sets' maps into it
 
 
 def default_palette(count: int) -> tuple[tuple[int, int, int], ...]:
@@ -253,3 +256,65 @@ def load_label_map(spec: str | Path, source: LabelSet | None = None) -> LabelMap
     targets = tuple(dst.labels.index(mapped[n]) if n in mapped else UNMAPPED for n in src.labels)
     why = tuple((str(k), str(v)) for part in (unmapped, no_counterpart, notes) for k, v in part.items() if v)
     return LabelMap(str(d.get("name") or path.stem), src, dst, targets, why, str(d.get("description", "")))
+
+
+# ---------------------------------------------------------------------------------- scoring across label sets
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a model's predictions are scored against masks of a label set (`scoring_maps`)."""
+    labels: LabelSet                   # the label set scored in
+    prediction_map: LabelMap | None    # the model's labels -> `labels`; None: scored as predicted
+    truth_map: LabelMap | None         # the masks' labels -> `labels`; None: scored as annotated
+    not_scored: tuple[str, ...] = ()   # labels no label of the model's maps to: their truth pixels are not scored
+
+    def truth_table(self) -> np.ndarray:
+        """(256,) int64 lookup: mask id -> scored id; IGNORE_INDEX where a pixel is not scored."""
+        table = self.truth_map.table() if self.truth_map else np.arange(256)
+        keep = np.arange(256)
+        keep[[self.labels.labels.index(n) for n in self.not_scored]] = IGNORE_INDEX
+        return keep[table]
+
+
+def scoring_maps(model: LabelSet, truth: LabelSet, prediction_map: LabelMap | None = None,
+                 truth_map: LabelMap | None = None) -> Scoring:
+    """Which label set a model of label set `model` is scored in on masks of label set `truth`, and how.
+
+    The predictions go through prediction_map (from the model's set) if given. The masks go through
+    truth_map if given (from their set into the same set as the predictions: two label sets scored in a
+    third); else, with masks of the model's set, through prediction_map too; else, with masks already of
+    prediction_map's target set, they are scored as annotated. Labels of the scored set that no label of the
+    model's reaches are not scored (truth pixels ignored) and listed. Anything else is a DataError that
+    names the shipped maps which would fit."""
+    scored = prediction_map.target if prediction_map else model
+    if prediction_map is not None and prediction_map.source.labels != model.labels:
+        raise DataError(f"label map {prediction_map.name} maps from {prediction_map.source.name}; the model's "
+                        f"label set is {model.name}")
+    if truth_map is not None:
+        if truth_map.source.labels != truth.labels or truth_map.target.labels != scored.labels:
+            raise DataError(f"truth map {truth_map.name} maps {truth_map.source.name} -> {truth_map.target.name}; "
+                            f"it needs to map the masks' {truth.name} -> {scored.name}, the set the predictions "
+                            f"are scored in" + _fitting_maps(model, truth))
+        chosen = truth_map
+    elif truth.labels == model.labels:
+        chosen = prediction_map                    # the masks in the model's labels: mapped like its predictions
+    elif prediction_map is not None and truth.labels == scored.labels:
+        chosen = None                              # the masks already in the mapped labels: as annotated
+    else:
+        raise DataError(f"masks of label set {truth.name} cannot be scored against a model of {model.name} "
+                        + (f"mapped into {scored.name}" if prediction_map else "as it predicts")
+                        + _fitting_maps(model, truth))
+    reached = set(prediction_map.targets) if prediction_map else set(range(len(scored)))
+    return Scoring(scored, prediction_map, chosen, tuple(n for i, n in enumerate(scored.labels) if i not in reached))
+
+
+def _fitting_maps(model: LabelSet, truth: LabelSet) -> str:
+    """The shipped maps that would score a model of `model` on masks of `truth`, as a sentence's end."""
+    maps = [load_label_map(name) for name in shipped_names("maps")]
+    direct = [m.name for m in maps if m.source.labels == model.labels and m.target.labels == truth.labels]
+    shared = [f"{a.name} with truth map {b.name} (into {a.target.name})" for a in maps for b in maps
+              if a.source.labels == model.labels and b.source.labels == truth.labels
+              and a.target.labels == b.target.labels]
+    if not direct and not shared:
+        return f"; no shipped map fits: write one from {model.name} to {truth.name}, or two into a shared set"
+    return "; shipped maps that fit: " + "; ".join([f"label map {n} (into {truth.name})" for n in direct] + shared)

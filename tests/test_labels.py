@@ -112,6 +112,32 @@ def test_every_source_label_of_a_shipped_map_maps_somewhere_or_is_listed_as_unma
     assert all(f"| (unmapped) | {s} |" in table for s in raw["unmapped"])
 
 
+@pytest.mark.parametrize("source, garments", [
+    ("lip", {"upper-clothes": "upper body", "coat": "upper body", "pants": "lower body", "skirt": "lower body",
+             "dress": "full body", "jumpsuits": "full body"}),
+    ("cihp", {"upper-clothes": "upper body", "coat": "upper body", "pants": "lower body", "skirt": "lower body",
+              "dress": "full body"}),
+    ("atr", {"upper-clothes": "upper body", "pants": "lower body", "skirt": "lower body", "dress": "full body"}),
+    ("fashn", {"top": "upper body", "pants": "lower body", "skirt": "lower body", "dress": "full body"}),
+])
+def test_each_other_sets_map_into_upper_lower_full_is_complete(source, garments):
+    name = f"{source}-to-upper-lower-full"
+    raw = json.loads((LABEL_DIR / "maps" / f"{name}.json").read_text())
+    src, target = load_label_set(raw["source"]), load_label_set(raw["target"])
+    assert src.name == source and target.name == "upper-lower-full" and raw["name"] == name
+    for label in src.labels:
+        assert (label in raw["map"]) != (label in raw["unmapped"]), label
+        assert label in raw["map"] and raw["map"][label] in target.labels or raw["unmapped"][label], label
+    reached = set(raw["map"].values())
+    assert {t for t in target.labels if t not in reached} == set(raw["no_counterpart"])
+    assert all(raw["no_counterpart"].values()) and all(raw["notes"].values())
+    mapping = load_label_map(name)
+    assert all(f"| {t} |" in mapping.markdown() for t in target.labels)
+    # garments only, as the u2net map: the rest (accessories, footwear, hair, face, skin) is background
+    assert {n: t for n, t in raw["map"].items() if t != "background"} == garments
+    assert load_label_map("deepfashion-mm-to-upper-lower-full").name == "u2net"    # the family's name for it
+
+
 def test_shipped_maps_by_hand():
     u2net = load_label_map("topformer")                             # the same 4-class set
     assert u2net.name == "u2net" and u2net.target.name == "upper-lower-full"
@@ -329,7 +355,7 @@ def test_an_unmapped_prediction_is_wrong_and_unmapped_truth_is_not_scored(tmp_pa
 
 def test_the_labels_page_shows_each_shipped_map_as_its_file_says():
     page = (Path(__file__).resolve().parents[1] / "docs" / "labels.md").read_text()
-    for name in ("u2net", "atr", "lip", "fashn"):
+    for name in shipped_names("maps"):
         assert load_label_map(name).markdown() in page, name
     for heading in ("## Training on LIP, CIHP, ATR or your own folders", "## Fine-tuning onto a new label set",
                     "## Label maps", "## Categories: masks and cut-outs", '"palette": [[0, 0, 0]'):

@@ -22,14 +22,17 @@ Sizes are affine in the micro-batch and the order of allocations does not depend
 (a batch of one takes a few reshapes without a copy), so steps traced at micro-batches 1, 2 and 4
 give every micro-batch's figures exactly (`StepMemory`; tests/test_memory_plan.py checks this).
 
-Not planned: the workspaces cuDNN and cuBLAS take from the same allocator, the allocator's
-fragmentation, and the CUDA context. `fits` leaves a margin for them, and `--batch_size auto`
-(`choose_micro_batch`) and the plan's `largest_fitting` use the same one.
+Not planned: what kernels allocate inside (cuDNN's and cuBLAS's workspaces come from the same
+allocator; on the CPU, the real allocator's peak measured 0.3-6% above this count), large blocks
+the allocator hands out whole though up to 1 MiB larger than asked, its fragmentation and the CUDA
+context. `fits` leaves a margin for them; `--batch_size auto` (`choose_micro_batch`) and the plan's
+`largest_fitting` use the same one.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import weakref
 from dataclasses import dataclass
@@ -48,10 +51,10 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 BLOCK = 512                          # the CUDA caching allocator rounds every allocation up to this
 GIB = 2 ** 30
-# The margin between a planned peak and the free memory, shared by `--batch_size auto` and the plan's
-# largest_fitting: 10% of the peak for the caching allocator's fragmentation (freed blocks cached
-# but split, so reserved memory exceeds the allocated peak) and 512 MiB for the cuDNN and cuBLAS
-# workspaces, which come from the same allocator and are not planned.
+# The margin between a planned peak and the free memory (`fits`), shared by `--batch_size auto` and
+# the plan's largest_fitting: 10% of the peak for what kernels allocate inside (6% at most on the
+# CPU), blocks handed out whole and fragmentation (reserved memory above the allocated peak), and
+# 512 MiB for cuDNN's and cuBLAS's workspaces.
 MARGIN_FRACTION = 0.10
 MARGIN_BYTES = 512 * 2 ** 20
 # What torch.cuda.mem_get_info reports free on a card sold as N GB, assumed N * 1e9 bytes less
@@ -103,11 +106,13 @@ _RULE_OF = {name: rule for rule, names in CUDA_RULES.items() for name in names}
 _NO_AUTOCAST_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
 
 
-def autocast_rule_ops() -> tuple[set[str], set[str]]:
-    """(operations with a CUDA autocast kernel, with a CPU one), as "name" or "name.overload"."""
-    def kernels(key: str) -> set[str]:
-        return {n.removeprefix("aten::") for n in torch._C._dispatch_get_all_op_names()
-                if n.startswith("aten::") and torch._C._dispatch_has_kernel_for_dispatch_key(n, key)}
+@functools.cache
+def autocast_rule_ops() -> tuple[frozenset[str], frozenset[str]]:
+    """(operations with a CUDA autocast kernel, with a CPU one), as "name" or "name.overload", as
+    torch registers them (read once: before cuda_autocast_rules adds its own)."""
+    def kernels(key: str) -> frozenset[str]:
+        return frozenset(n.removeprefix("aten::") for n in torch._C._dispatch_get_all_op_names()
+                         if n.startswith("aten::") and torch._C._dispatch_has_kernel_for_dispatch_key(n, key))
     return kernels("AutocastCUDA"), kernels("AutocastCPU")
 
 
@@ -257,6 +262,7 @@ class _Session:
             raise ValueError(f"micro_batch must be at least 1, got {micro_batch}")
         a = self.allocations
         rules = self.device == "cuda" and AUTOCAST_DTYPES[precision] is not None
+        collecting = gc.isenabled()
         gc.collect()
         gc.disable()              # memory is freed when its last reference goes, as in a training loop
         try:
@@ -265,7 +271,8 @@ class _Session:
                 saved, fixed = self._step(micro_batch, image_size, precision)
                 events = a.events[first:]
         finally:
-            gc.enable()
+            if collecting:
+                gc.enable()
         created = [k for k in events if k >= 0]
         local = {k: i for i, k in enumerate(baseline + created)}
         return Trace(micro_batch, tuple(a.sizes[k] for k in baseline), tuple(a.sizes[k] for k in created),
@@ -323,7 +330,7 @@ class StepMemory:
         base = np.asarray(two.created, dtype=np.int64) - 2 * slope
         if not same or np.any(base < 0) or np.any(base + 4 * slope != four.created):
             raise RuntimeError("memory plan: the step's allocations at micro-batches 2 and 4 differ in more "
-                               "than affine sizes; plan each micro-batch by itself (memory.plan_step)")
+                               "than affine sizes; trace each micro-batch by itself (memory.step_figures)")
         object.__setattr__(self, "_base", base)
         object.__setattr__(self, "_slope", slope)
 
@@ -338,7 +345,8 @@ class StepMemory:
 
     def row(self, micro_batch: int) -> dict:
         """The plan's row: micro_batch and each figure in GiB (peak_gib, ...)."""
-        return _row(micro_batch, self.figures(micro_batch))
+        return {"micro_batch": micro_batch, **{f"{k}_gib": round(v / GIB, 4)
+                                               for k, v in self.figures(micro_batch).items()}}
 
 
 def _figures(trace: Trace, created: np.ndarray, block: int) -> dict[str, int]:
@@ -354,10 +362,6 @@ def _figures(trace: Trace, created: np.ndarray, block: int) -> dict[str, int]:
     return {"peak": int(peak), "weights": int(rounded(trace.weights).sum()),
             "gradients": int(rounded(trace.gradients).sum()), "optimizer": int(rounded(trace.optimizer).sum()),
             "activations": int(sizes[list(trace.saved)].sum())}
-
-
-def _row(micro_batch: int, figures: dict[str, int]) -> dict:
-    return {"micro_batch": micro_batch, **{f"{k}_gib": round(v / GIB, 4) for k, v in figures.items()}}
 
 
 # ---- the plan -----------------------------------------------------------------------------------
@@ -387,14 +391,6 @@ def step_figures(config: UNetConfig, stage: str = "all", image_size: int | None 
     return _figures(trace, np.asarray(trace.created, dtype=np.int64), BLOCK if device == "cuda" else 1)
 
 
-def plan_step(config: UNetConfig, stage: str = "all", image_size: int | None = None, micro_batch: int = 1,
-              precision: str = "bf16", gradient_checkpointing: bool = False, loss: LossConfig | None = None,
-              device: str = "cuda") -> dict:
-    """One micro-batch's row of the plan (GiB), from a step traced at that micro-batch."""
-    return _row(micro_batch, step_figures(config, stage, image_size, micro_batch, precision,
-                                          gradient_checkpointing, loss, device))
-
-
 def choose_micro_batch(free_bytes: int, step: StepMemory, candidates: tuple[int, ...] = POWERS_OF_TWO) -> int:
     """The largest candidate micro-batch whose planned peak `fits` in free_bytes (what
     torch.cuda.mem_get_info reports free); 0 where not even the smallest does."""
@@ -405,8 +401,8 @@ def plan(config: UNetConfig, stage: str = "all", image_size: int | None = None,
          gradient_checkpointing: bool = False, loss: LossConfig | None = None,
          precisions: tuple[str, ...] = PRECISIONS) -> dict:
     """The memory plan of a run: for each precision the rows of micro-batches 1, 2, 4, ... up to the
-    first that does not fit an 80 GB card (at most MAX_MICRO_BATCH), and the largest micro-batch (a power of two) fitting a
-    card of each size in CARDS_GB. Arguments as step_memory's."""
+    first that does not fit an 80 GB card (at most MAX_MICRO_BATCH), and the largest micro-batch (a
+    power of two) that fits a card of each size in CARDS_GB. Arguments as step_memory's."""
     session = _Session(config, stage, gradient_checkpointing, loss or LossConfig(), "cuda")
     result, steps = {"precisions": {}, "largest_fitting": {}}, {}
     for precision in precisions:

@@ -3,7 +3,8 @@
     python bench.py                    # everything, about 5-10 minutes on a 2-core CPU
     python bench.py --out bench.json   # also write the figures as JSON
     python bench.py --compile          # also the CPU training steps under torch.compile (+3-4 minutes)
-    python bench.py --gpu-check        # on a GPU: tests/test_cuda.py and the CUDA figures (under 10 minutes)
+    python bench.py --gpu-check        # on a GPU: tests/test_cuda.py, the memory plan's check, the CUDA figures
+    python bench.py --memory-plan      # the memory plan's CPU check: planned against real saved bytes
 
 Figures: the fp32 matrix-multiply rate (the yardstick); a training step (forward, loss,
 backward, AdamW) of the published architecture with widths 32..512 (b = 16) at 256x256, batch 2,
@@ -16,12 +17,14 @@ run.py keeps (device.keep_freed_memory), each in a fresh process; inference per 
 data loading per worker (one thread) beside merely decoding the JPEGs into arrays, and the
 device-side batch preparation after it; peak memory of a 512_96 training step at 512x512 with
 and without the freed memory kept and with gradient checkpointing; on CUDA, the 512_96 bf16 step
-with and without torch.compile and the attention kernels it runs on.
+with and without torch.compile and the attention kernels it runs on, and its peak memory at
+micro-batches 1, 2 and 4 against memory.py's plan.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import multiprocessing
 import platform
@@ -37,13 +40,14 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
+import memory
 import postprocess
 from dataset import FashionDataset
 from device import keep_freed_memory, pick_precision
 from images import boundary_target, prepare_batch
 from losses import LossConfig, segmentation_loss
 from synthetic import write_synthetic_dataset
-from unet import PRESETS, UNet, UNetConfig
+from unet import PRESETS, UNet, UNetConfig, stage_parameters
 
 WIDE32 = dataclasses.replace(PRESETS["tiny"], base_features=16, image_size=256)   # widths 32..512
 # Dense bf16 (fp16 where the card has no bf16) tensor-core peaks, per card, by the exact name
@@ -353,6 +357,12 @@ def peak_memory(checkpointing: bool, keep: bool = True) -> float:
     return in_fresh_process(_peak_rss_child, checkpointing, keep)
 
 
+def cuda_dtypes() -> dict[str, torch.dtype]:
+    """The half precisions this GPU trains in: bf16 where native (unet.native_bf16), and fp16."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16} if torch.cuda.get_device_capability() >= (8, 0) \
+        else {"fp16": torch.float16}
+
+
 def cuda_figures(repeats: int) -> dict:
     """512_96 at 512x512, batch 8: images/s and model FLOP utilisation in bf16 (where native) and
     fp16, eager and compiled, NCHW and channels-last; the attention kernels the timed step ran; local
@@ -362,8 +372,7 @@ def cuda_figures(repeats: int) -> dict:
     peak = peak_flops(name)
     result = {"device": name, "peak_flops": peak}
     batch = 8
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16} if torch.cuda.get_device_capability() >= (8, 0) \
-        else {"fp16": torch.float16}
+    dtypes = cuda_dtypes()
     runs = [(p, False, False) for p in dtypes] + [(next(iter(dtypes)), True, False), (next(iter(dtypes)), False, True)]
     for precision, compiled, nhwc in runs:
         step, flops = make_train_step(PRESETS["512_96"], 512, batch, device, dtypes[precision], compiled,
@@ -379,6 +388,104 @@ def cuda_figures(repeats: int) -> dict:
     return result
 
 
+# ---- the memory plan (memory.py) against measured steps ---------------------------------------------
+
+MEMORY_PLAN_TOLERANCE = 0.15     # the plan's bar on a GPU: within 15% of torch.cuda.max_memory_allocated
+MEMORY_PLAN_CPU_CASES = (("tiny", 128, 8), ("256_64_la", 256, 1), ("512_96", 384, 1))   # up to ~4.5 GiB
+
+
+def real_saved_bytes(config: UNetConfig, size: int, batch: int, precision: str, stage: str = "all",
+                     checkpointing: bool = False) -> int:
+    """Bytes the graph of a real CPU forward and loss saves for the backward (CPU autocast for
+    bf16/fp16), each storage once, parameters left out: counted with saved_tensors_hooks."""
+    with torch.device("meta"):
+        model = UNet(config)
+    model = model.to_empty(device="cpu").requires_grad_(False)
+    with torch.no_grad():                # the values do not change which tensors autograd saves
+        for p in model.parameters():
+            p.fill_(0.01)
+    model.set_gradient_checkpointing(checkpointing)
+    for _, p in stage_parameters(model, stage):
+        p.requires_grad_(True)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    image, mask, boundary = fake_batch(batch, size, torch.device("cpu"))
+    dtype = memory.AUTOCAST_DTYPES[precision]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        out = model(image)
+        segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, LossConfig())
+    return sum(saved.values())
+
+
+def compare_with_plan(cases: list[dict], tolerance: float = MEMORY_PLAN_TOLERANCE) -> dict:
+    """cases: {"case": label, "planned": bytes, "measured": bytes}; adds each ratio (measured /
+    planned), their spread, and the verdict: every ratio within `tolerance` of 1."""
+    ratios = [c["measured"] / c["planned"] for c in cases]
+    return {"cases": [{**c, "ratio": r} for c, r in zip(cases, ratios)], "ratio_min": min(ratios),
+            "ratio_max": max(ratios), "tolerance": tolerance, "within": all(abs(r - 1) <= tolerance for r in ratios)}
+
+
+def format_comparison(result: dict, what: str) -> list[str]:
+    """A comparison's table: planned and measured GiB, their ratio, and the verdict."""
+    width = max(len(c["case"]) for c in result["cases"])
+    lines = [f"{what}: planned against measured (GiB)", f"{'':<{width}}  planned  measured  measured/planned"]
+    lines += [f"{c['case']:<{width}}  {c['planned'] / 2**30:7.3f}  {c['measured'] / 2**30:8.3f}  {c['ratio']:.3f}"
+              for c in result["cases"]]
+    verdict = "within" if result["within"] else "NOT within"
+    lines.append(f"ratios {result['ratio_min']:.3f}-{result['ratio_max']:.3f} over {len(result['cases'])} cases: "
+                 f"{verdict} {result['tolerance']:.0%} of the plan")
+    return lines
+
+
+def gpu_memory_check() -> dict:
+    """Peak CUDA memory of the second real training step (AdamW's moments exist; cuDNN benchmarking on, as
+    in run.py) against the plan: 512_96 at 512x512, micro-batches 1, 2, 4, bf16 (where native), fp16."""
+    device = torch.device("cuda")
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
+    cases = []
+    for precision, dtype in cuda_dtypes().items():
+        planned = memory.step_memory(PRESETS["512_96"], image_size=512, precision=precision, loss=LossConfig())
+        for batch in (1, 2, 4):
+            step, _ = make_train_step(PRESETS["512_96"], 512, batch, device, dtype, count_flops=False)
+            step()                                   # the optimizer's state exists from here on
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            cases.append({"case": f"{precision} micro-batch {batch}", "planned": planned.figures(batch)["peak"],
+                          "measured": torch.cuda.max_memory_allocated()})
+            del step
+            gc.collect()
+            torch.cuda.empty_cache()
+    torch.backends.cudnn.benchmark = benchmark
+    return compare_with_plan(cases)
+
+
+def _saved_bytes_child(queue, name: str, size: int, batch: int, precision: str) -> None:
+    queue.put(real_saved_bytes(PRESETS[name], size, batch, precision))
+
+
+def cpu_memory_check() -> dict:
+    """Planned activations (counted as the CPU allocates) against real_saved_bytes, each in a fresh process
+    (one held 9 GiB after all), MEMORY_PLAN_CPU_CASES in fp32 and bf16; the whole 512_96 plan's seconds."""
+    cases = []
+    for name, size, batch in MEMORY_PLAN_CPU_CASES:
+        for precision in ("fp32", "bf16"):
+            planned = memory.step_figures(PRESETS[name], image_size=size, micro_batch=batch, precision=precision,
+                                          device="cpu")["activations"]
+            cases.append({"case": f"{name} {size}x{size} micro-batch {batch} {precision}", "planned": planned,
+                          "measured": in_fresh_process(_saved_bytes_child, name, size, batch, precision)})
+    t0 = time.perf_counter()
+    memory.plan(PRESETS["512_96"])
+    return {**compare_with_plan(cases, 0.10), "plan_512_96_s": time.perf_counter() - t0}
+
+
 def add_step_row(rows: list, r: dict, key: str, label: str) -> None:
     """A training step's row, with its rate against the matmul yardstick (added to r[key])."""
     s = r[key]
@@ -389,14 +496,18 @@ def add_step_row(rows: list, r: dict, key: str, label: str) -> None:
 
 
 def gpu_check(args: argparse.Namespace) -> None:
-    """The CUDA tests, then the CUDA section of the bench, printed and (with --out) saved."""
+    """The CUDA tests, the memory plan against measured peaks, then the CUDA section of the bench,
+    printed and (with --out) saved."""
     import subprocess
     import sys
     if not torch.cuda.is_available():
         raise SystemExit("--gpu-check needs a CUDA GPU; torch sees none")
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_cuda.py"], cwd=Path(__file__).parent)
-    figures = {"tests_passed": tests.returncode == 0, **cuda_figures(args.repeats)}
+    memory_plan = gpu_memory_check()
+    figures = {"tests_passed": tests.returncode == 0, "memory_plan": memory_plan, **cuda_figures(args.repeats)}
     print(json.dumps(figures, indent=2))
+    print("\n".join(format_comparison(memory_plan, f"peak CUDA memory of a 512_96 training step at 512x512 on "
+                                                    f"{torch.cuda.get_device_name()}")))
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2))
     if tests.returncode:
@@ -411,7 +522,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true",
                         help="also time both CPU training steps under torch.compile (3-4 more minutes)")
     parser.add_argument("--gpu-check", action="store_true",
-                        help="on a CUDA machine: tests/test_cuda.py, then the CUDA figures only (under 10 minutes)")
+                        help="on a CUDA machine: tests/test_cuda.py, the memory plan against measured peaks, then "
+                             "the CUDA figures only (under 10 minutes)")
+    parser.add_argument("--memory-plan", action="store_true",
+                        help="only the memory plan's CPU check: planned activations against real CPU steps, and "
+                             "the time of the 512_96 plan (5-10 minutes, about 5 GiB)")
     return parser.parse_args(argv)
 
 
@@ -419,6 +534,13 @@ def main() -> None:
     args = parse_args()
     if args.gpu_check:
         gpu_check(args)
+        return
+    if args.memory_plan:
+        check = cpu_memory_check()
+        print("\n".join(format_comparison(check, "activations a CPU step saves for the backward")))
+        print(f"the whole 512_96 plan (micro-batches 1-16+, bf16 fp16 fp32): {check['plan_512_96_s']:.1f} s")
+        if args.out:
+            Path(args.out).write_text(json.dumps(check, indent=2))
         return
     keep_freed_memory(torch.device("cpu"))      # as run.py, evaluate.py and predict.py run on the CPU
     r = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "

@@ -545,8 +545,21 @@ def main() -> None:
     keep_freed_memory(torch.device("cpu"))      # as run.py, evaluate.py and predict.py run on the CPU
     r = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                     f"torch {torch.__version__}"}
-    rows = []
+    rows = []   # (figure, measured) lines of the printed table, in order
+    for section in (training_figures, local_attention_figures, inference_figures, loading_and_memory_figures,
+                    cuda_section):
+        section(r, rows, args)
+    width = max(len(k) for k, _ in rows)
+    print(f"bench on {r['machine']}")
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(r, indent=2))
 
+
+def training_figures(r: dict, rows: list, args: argparse.Namespace) -> None:
+    """The matmul yardstick and the 256x256 training step: eager (and compiled), channels-last, its
+    attention kernel and profile."""
     r["matmul_gflops"] = matmul_rate()
     rows.append(("fp32 matmul 2048x2048 (yardstick)", f"{r['matmul_gflops']:.1f} GFLOP/s"))
 
@@ -566,8 +579,11 @@ def main() -> None:
     rows.append(("  where its time goes (self CPU time)", ", ".join(f"{op} {share:.0%}" for op, share in
                                                                   r["train_step"]["profile"])))
 
-    # the paper's untested bet, local attention on every decoder level of a 512 model, beside run.py's
-    # default levels at 512 (the three deepest, as the paper keeps it)
+
+def local_attention_figures(r: dict, rows: list, args: argparse.Namespace) -> None:
+    """The 512x512 step with local attention on every decoder level (the paper's untested bet) and on
+    run.py's default levels at 512 (the three deepest, as the paper keeps it), each level alone, the
+    profile, and the CPU allocator's effect on the plain step."""
     every, deepest = (dataclasses.replace(WIDE32, local_attention_levels=levels)
                       for levels in ((0, 1, 2, 3, 4), (2, 3, 4)))
     la_step = make_train_step(every, 512, 1)
@@ -599,6 +615,9 @@ def main() -> None:
                  f"{a['glibc_default']['kernel_s']:.0f} s; peak RSS {a['kept']['peak_rss'] / 2**30:.2f} GiB "
                  f"against {a['glibc_default']['peak_rss'] / 2**30:.2f} GiB)"))
 
+
+def inference_figures(r: dict, rows: list, args: argparse.Namespace) -> None:
+    """512_96 inference on PyTorch and onnxruntime with their profiles, and both post-processings."""
     onnx_times = onnx_inference_times(PRESETS["512_96"], 512, max(2, args.repeats // 2))
     r["inference_512_96_s"], r["inference_512_96_onnx"] = onnx_times["pytorch"], onnx_times
     rows.append(("inference 512_96, 512x512, per image, onnxruntime",
@@ -613,6 +632,9 @@ def main() -> None:
         rows.append((f"post-processing {name}, 512x512, one core", f"{seconds:.3f} s = "
                      f"{seconds / r['inference_512_96_s']:.1%} of inference"))
 
+
+def loading_and_memory_figures(r: dict, rows: list, args: argparse.Namespace) -> None:
+    """Data loading per worker, and the 512_96 training step's peak memory (CUDA allocator or process RSS)."""
     with tempfile.TemporaryDirectory() as tmp:
         r["loading"] = loading_rates(Path(tmp), 24)
     d = r["loading"]
@@ -638,6 +660,9 @@ def main() -> None:
                      f"freed memory kept {gib['plain, kept']} (glibc's default {gib['plain, glibc_default']}); "
                      f"with checkpointing {gib['checkpointing, kept']} ({gib['checkpointing, glibc_default']})"))
 
+
+def cuda_section(r: dict, rows: list, args: argparse.Namespace) -> None:
+    """On a CUDA machine, its training figures (bench.cuda_figures); nothing elsewhere."""
     if torch.cuda.is_available():
         r["cuda"] = cuda_figures(args.repeats)
         for key, c in r["cuda"].items():
@@ -646,13 +671,6 @@ def main() -> None:
                 rows.append((f"CUDA 512_96 512x512 batch 8, {key}", f"{c['images_per_s']:.1f} images/s, {mfu}, "
                              f"attention on {', '.join(c['attention_kernels']) or 'no SDPA call'}"))
         rows.append(("CUDA local attention on the 3 deepest levels", f"{r['cuda']['local_attention_deepest_3_ratio']:.2f}x"))
-
-    width = max(len(k) for k, _ in rows)
-    print(f"bench on {r['machine']}")
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(r, indent=2))
 
 
 if __name__ == "__main__":

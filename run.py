@@ -2,6 +2,7 @@
 
     python run.py                      # demo: draws a synthetic data set, trains `tiny` on the CPU
     python run.py --data_dir DIR --preset 512_96 --bottleneck simple ...   # see README.md
+    python run.py --plan --preset 512_96 [--plan_json plan.json]   # the GPU memory a step needs, then exit
 
 Stages (each starts from --pretrained_model_path: weights only, fresh optimizer):
   1. from scratch, usually with --bottleneck simple     trains everything
@@ -11,6 +12,11 @@ Stages (each starts from --pretrained_model_path: weights only, fresh optimizer)
   5. --model_use_local_attention                       trains everything, local attention on
 --resume latest|PATH instead restores a whole run (optimizer, step, data position, RNG) and
 continues it as if it had never stopped.
+
+Each optimizer step takes --effective_batch_size images (over all processes), in forward passes of
+--batch_size images per process (the micro-batch; `auto` picks the largest that memory.py plans to
+fit the GPU). A step that runs out of memory is repeated on the same images at half the micro-batch,
+which the run keeps from then on (its checkpoints too).
 
 Every flag comes from a field of `TrainConfig` (or losses.LossConfig), where its default is
 written once. Outputs in --output_dir: checkpoints/step-*.pt (the last --checkpoints_total_limit),
@@ -22,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import logging
 import math
@@ -30,18 +35,18 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import sys
 import time
 import typing
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
@@ -49,12 +54,15 @@ from tqdm import tqdm
 
 import postprocess
 from dataset import LAYOUTS, EmptySplitError, FashionDataset, get_layout
-from device import PRECISIONS, keep_freed_memory, pick_device, pick_precision
+import memory
+from device import (PRECISIONS, Dist, StopRequest, all_min, all_sum, on_rank0, pick_precision, setup, share_weights,
+                    sum_gradients)
 from evaluate import (BOUNDARY_THRESHOLD, boundary_counts, boundary_f_score, confusion_matrix, draw_panel,
                       iou_per_label, mean_iou, pixel_accuracy, subject_accuracy)
 from images import prepare_batch
 from labels import DEFAULT_LABELS, LabelSet, load_label_set, shipped_names
 from losses import LossConfig, resolve_class_weights, segmentation_loss
+from memory import CPU_MICRO_BATCH, GIB, DoesNotFit
 from synthetic import write_synthetic_dataset
 from unet import (LEVELS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, model_checkpoint,
                   model_from_checkpoint, new_label_head, read_checkpoint, save_atomic, stage_parameters,
@@ -67,6 +75,9 @@ SYNTHETIC_DIR = "data/synthetic"
 LOCAL_ATTENTION_MAX_SIDE = 128
 # The post-processing in the validation panel: evaluate.py's default, the released algorithm.
 VAL_POSTPROCESS = "published"
+# The first steps a process times to say whether the data loading keeps up, and the share of the step
+# spent waiting for data above which it warns.
+FEEDING_STEPS, FEEDING_WARNING = 20, 0.10
 
 
 def arg(default, help: str, **kwargs):
@@ -115,8 +126,13 @@ class TrainConfig:
     # optimisation
     epochs: float = arg(12.0, "passes over the training images (fractions allowed)")
     max_steps: int = arg(0, "stop after this many optimizer steps (0 = run --epochs)")
-    batch_size: int = arg(8, "images per forward pass")
-    gradient_accumulation_steps: int = arg(1, "forward passes per optimizer step")
+    batch_size: str = arg("auto", "images per forward pass on each process (the micro-batch), or auto: on CUDA "
+                          "the largest divisor of the images per process and step whose planned peak memory x "
+                          f"{1 + memory.MARGIN_FRACTION:.1f} + {memory.MARGIN_BYTES // 2**20} MiB fits the GPU's "
+                          "free memory (--plan shows the plan), on the CPU the largest up to "
+                          f"{CPU_MICRO_BATCH}. Out of memory halves it and repeats the step")
+    effective_batch_size: int = arg(8, "images per optimizer step, over all processes (the published recipe: 64); "
+                                    "the forward passes a step takes (gradient accumulation) follow from --batch_size")
     learning_rate: float = arg(1e-3, "peak learning rate (published: 1e-3 stage 1, 1e-4 later)")
     lr_scheduler: str = arg("cosine", "decay after warm-up", choices=["constant", "linear", "cosine"])
     warmup_steps: int = arg(20, "optimizer steps of linear warm-up")
@@ -144,6 +160,9 @@ class TrainConfig:
     checkpointing_steps: int = arg(100, "validate and save a checkpoint every N optimizer steps")
     checkpoints_total_limit: int = arg(2, "step checkpoints kept (best.pt and the final weights aside)")
     val_panels: int = arg(4, "validation images shown in TensorBoard")
+    plan: bool = arg(False, "print the plan of the GPU memory one training step of this run needs, for each "
+                     "micro-batch and precision (memory.py; no GPU needed), and exit without training")
+    plan_json: str = arg("", "with --plan: also write the plan to this JSON file")
     loss: LossConfig = field(default_factory=LossConfig)
 
 
@@ -197,9 +216,16 @@ def check_config(cfg: TrainConfig, given: dict) -> None:
     if cfg.local_attention_levels and not (cfg.upgrade_local_attention or cfg.model_use_local_attention):
         raise ValueError("--local_attention_levels goes with --upgrade_local_attention or "
                          "--model_use_local_attention")
-    for name in ("batch_size", "gradient_accumulation_steps", "checkpointing_steps", "checkpoints_total_limit"):
+    if cfg.batch_size != "auto" and not (str(cfg.batch_size).isdigit() and int(cfg.batch_size) >= 1):
+        raise ValueError(f"--batch_size must be at least 1, or auto (got {cfg.batch_size!r})")
+    for name in ("effective_batch_size", "checkpointing_steps", "checkpoints_total_limit"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name} must be at least 1")
+    if cfg.batch_size != "auto" and int(cfg.batch_size) > cfg.effective_batch_size:
+        raise ValueError(f"--batch_size {cfg.batch_size} is more than the --effective_batch_size of "
+                         f"{cfg.effective_batch_size} images a step")
+    if cfg.plan_json and not cfg.plan:
+        raise ValueError("--plan_json goes with --plan")
     layout = get_layout(cfg.data_layout, cfg.mask_pattern)
     if cfg.mask_pattern and cfg.data_layout != "folders":
         raise ValueError("--mask_pattern names the masks of --data_layout folders")
@@ -212,75 +238,9 @@ def check_config(cfg: TrainConfig, given: dict) -> None:
         raise ValueError("give a positive --epochs or --max_steps")
 
 
-# ---- processes and signals ---------------------------------------------------------------------
-
-class Dist(typing.NamedTuple):
-    """This process's place in a torchrun job (rank 0 of 1 for plain `python run.py`)."""
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup(cfg: TrainConfig) -> tuple[Dist, torch.device]:
-    """Join the torchrun process group when there is one (NCCL on CUDA, Gloo on the CPU)."""
-    device = pick_device(cfg.device)
-    keep = cfg.keep_freed_memory == "on" or cfg.keep_freed_memory == "auto" and not cfg.gradient_checkpointing
-    if keep and keep_freed_memory(device):
-        log.info("CPU: memory a step frees is kept for the next (--keep_freed_memory)")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True            # fixed input sizes: pick the fastest convolutions
-        torch.set_float32_matmul_precision("high")       # TF32 for what runs in fp32
-    world = int(os.environ.get("WORLD_SIZE", "1"))   # set by torchrun
-    if world == 1:
-        return Dist(), device
-    if device.type == "cuda":
-        device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}")
-        torch.cuda.set_device(device)
-    # rank 0 alone writes (and fsyncs) checkpoints of up to ~1.7 GB while the others wait
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30))
-    return Dist(dist.get_rank(), world), device
-
-
-def on_rank0(fn: typing.Callable[[], typing.Any], d: Dist, device: torch.device):
-    """fn() on rank 0 (checkpoints, logs), its failure made every process's: the others would
-    otherwise wait for rank 0 in the next collective until the watchdog kills them. Returns fn's
-    result on rank 0, None on the others."""
-    result, error = None, None
-    if d.main:
-        try:
-            result = fn()
-        except Exception as e:   # noqa: BLE001  (re-raised below, on every rank)
-            error = e
-    if d.world > 1 and bool(all_sum(torch.tensor([error is not None], device=device, dtype=torch.int32), d).item()):
-        if error is None:
-            raise SystemExit(f"rank {d.rank}: rank 0 failed writing its outputs (see its error); stopping")
-    if error is not None:
-        raise error
-    return result
-
-
-def all_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.world > 1:
-        dist.all_reduce(t)
-    return t
-
-
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so it can save first."""
-
-    def __init__(self):
-        self.signal = 0
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.signal:            # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.signal = signum
-        tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
+def keeps_freed_memory(cfg: TrainConfig) -> bool:
+    """--keep_freed_memory: auto = on unless --gradient_checkpointing asks for less memory."""
+    return cfg.keep_freed_memory == "on" or cfg.keep_freed_memory == "auto" and not cfg.gradient_checkpointing
 
 
 # ---- model, stage and optimizer ----------------------------------------------------------------
@@ -361,19 +321,46 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
 
 
-def epoch_windows(num_images: int, cfg: TrainConfig, epoch: int, world: int = 1) -> list[list[list[int]]]:
-    """An epoch as optimizer steps, each a list of micro-batches of image indices (over all
-    `world` processes: process r takes batch[r::world]).
+def epoch_windows(num_images: int, cfg: TrainConfig, epoch: int) -> list[list[int]]:
+    """An epoch as optimizer steps, each a list of --effective_batch_size image indices (over all
+    processes; `my_micro_batches` splits a step into this process's forward passes).
 
-    The order depends only on (seed, epoch), so a resumed run sees the same batches. The last
-    step of an epoch may hold fewer micro-batches (and its last one fewer images): it is kept.
+    The order depends only on (seed, epoch), so a resumed run sees the same steps, whatever its
+    micro-batch. The last step of an epoch may hold fewer images: it is kept.
     """
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
     order = torch.randperm(num_images, generator=g).tolist()
-    size = cfg.batch_size * world
-    batches = [order[i:i + size] for i in range(0, num_images, size)]
-    k = cfg.gradient_accumulation_steps
-    return [batches[i:i + k] for i in range(0, len(batches), k)]
+    size = cfg.effective_batch_size
+    return [order[i:i + size] for i in range(0, num_images, size)]
+
+
+def my_micro_batches(step: list[int], d: Dist, size: int) -> tuple[list[list[int]], list[float]]:
+    """This process's part of a step (step[rank::world]) in micro-batches of `size`, and each one's
+    share of the step's images over all processes: weighting each loss by it makes the summed gradient
+    the mean over the step's images however they were split (an uneven last step included).
+
+    A process left with nothing (a step of fewer images than processes) runs one image with share 0,
+    so that its loss parts and gradients exist for the exchange.
+    """
+    mine = step[d.rank::d.world]
+    if not mine:
+        return [step[:1]], [0.0]
+    batches = [mine[i:i + size] for i in range(0, len(mine), size)]
+    return batches, [len(b) / len(step) for b in batches]
+
+
+@dataclass
+class Progress:
+    """Where a run stands, as its checkpoints keep it: step, epoch and images of the epoch done, best
+    validation mIoU and the last validation figures, the micro-batch, and where running out of memory
+    halved it ([step, micro-batch after it], oldest first)."""
+    step: int = 0
+    epoch: int = 0
+    epoch_images: int = 0
+    best: float = -1.0
+    metrics: dict = field(default_factory=dict)
+    micro_batch: int = 0
+    out_of_memory: list = field(default_factory=list)
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
@@ -400,14 +387,14 @@ def weights_payload(model, cfg: TrainConfig, stage: str, step: int, metrics: dic
             "step": step, "val": metrics}
 
 
-def training_state(model, optimizer, scaler, cfg: TrainConfig, stage: str, step: int, epoch: int,
-                   epoch_images: int, step_images: int, best: float, metrics: dict) -> dict:
+def training_state(model, optimizer, scaler, cfg: TrainConfig, stage: str, progress: Progress) -> dict:
     """Everything needed to continue the run exactly, and the last validation figures (which a resumed
     run hands on to its final weights); plain data for weights_only loading."""
-    return {**weights_payload(model, cfg, stage, step, metrics),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-            "epoch_images": epoch_images, "step_images": step_images, "best_miou": best,
-            "rng": {"torch": torch.get_rng_state()}}
+    return {**weights_payload(model, cfg, stage, progress.step, progress.metrics),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": progress.epoch,
+            "epoch_images": progress.epoch_images, "step_images": cfg.effective_batch_size,
+            "best_miou": progress.best, "micro_batch": progress.micro_batch,
+            "out_of_memory": progress.out_of_memory, "rng": {"torch": torch.get_rng_state()}}
 
 
 def save_step_checkpoint(state: dict, output_dir: Path, limit: int) -> Path:
@@ -418,6 +405,76 @@ def save_step_checkpoint(state: dict, output_dir: Path, limit: int) -> Path:
         # (best.pt and the final weights are replaced by a rename, without the cut)
         old.unlink()
     return path
+
+
+def restore(cfg: TrainConfig, device: torch.device):
+    """The model, its stage and the checkpoint to resume (None when starting a stage)."""
+    resume = resume_path(cfg)
+    if not resume:
+        model, stage = build_model(cfg)
+        return model.to(device), stage, None
+    ckpt = read_checkpoint(resume)
+    if "optimizer" not in ckpt:
+        raise CheckpointError(f"{resume}: holds weights only, not a training state to resume; "
+                              "start a new stage from it with --pretrained_model_path")
+    model = model_from_checkpoint(ckpt, str(resume))
+    if run_label_set(cfg, model.label_set).labels != model.label_set.labels:
+        raise CheckpointError(f"{resume}: a run of label set {model.label_set.name}; this one's is "
+                              f"{run_label_set(cfg, model.label_set).name} (--labels / --data_layout)")
+    log.info("resuming %s at step %d (epoch %d)", resume, ckpt["step"], ckpt["epoch"])
+    return model.to(device), ckpt["stage"], ckpt
+
+
+def resume_progress(ckpt: dict, cfg: TrainConfig, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                    device: torch.device) -> Progress:
+    """A resumed run's position, optimizer and loss-scaler state (fitted to this run's device and
+    precision) and random state; a warning where a flag changes what the steps would be."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group in optimizer.param_groups:          # a run moved from the CPU to CUDA gets the fused step
+        group["fused"] = device.type == "cuda"
+    if scaler.is_enabled() and ckpt["scaler"]:
+        scaler.load_state_dict(ckpt["scaler"])
+    elif scaler.is_enabled() or ckpt["scaler"]:
+        log.info("the checkpoint was trained %s fp16: the loss scale %s", "without" if scaler.is_enabled() else "with",
+                 "starts fresh" if scaler.is_enabled() else "is not needed now")
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    changed = [k for k in ("seed", "test_split", "val_fraction") if ckpt["train_config"].get(k) != getattr(cfg, k)]
+    if ckpt["step_images"] != cfg.effective_batch_size:
+        changed.append(f"images per step ({ckpt['step_images']} -> {cfg.effective_batch_size})")
+    if changed:   # a resumed run equals one never interrupted only with the same data, order and steps
+        log.warning("resuming with changed %s: the run will not match one never interrupted", ", ".join(changed))
+    return Progress(ckpt["step"], ckpt["epoch"], ckpt["epoch_images"], ckpt["best_miou"], ckpt["val"],
+                    out_of_memory=ckpt.get("out_of_memory", []))
+
+
+def pick_micro_batch(cfg: TrainConfig, model: UNet, stage: str, dtype, device: torch.device, d: Dist,
+                     progress: Progress) -> int:
+    """The micro-batch the run starts with, the same on every process (the smallest choice): --batch_size,
+    or for auto memory.auto_micro_batch; no larger than where running out of memory left a resumed run.
+    Logged with the reason; DoesNotFit (saying what would help) when not even 1 fits."""
+    if cfg.effective_batch_size % d.world:
+        raise ValueError(f"--effective_batch_size {cfg.effective_batch_size} does not split evenly over "
+                         f"{d.world} processes")
+    per_process = cfg.effective_batch_size // d.world
+    if cfg.batch_size == "auto":
+        precision = {v: k for k, v in memory.AUTOCAST_DTYPES.items()}[dtype]
+        micro, why = memory.auto_micro_batch(per_process, device, lambda: memory.step_memory(
+            model.config, stage, model.config.image_size, precision, cfg.gradient_checkpointing, cfg.loss))
+    else:
+        micro, why = int(cfg.batch_size), "--batch_size"
+    if micro > per_process:
+        raise ValueError(f"--batch_size {micro} is more than the {per_process} images each of {d.world} "
+                         f"process(es) takes a step (--effective_batch_size {cfg.effective_batch_size})")
+    if progress.out_of_memory and progress.out_of_memory[-1][1] < micro:
+        at, micro = progress.out_of_memory[-1]
+        why = f"the checkpoint's, since running out of memory at step {at}"
+    micro = all_min(micro, d, device)
+    if not micro:
+        raise DoesNotFit(f"not even micro-batch 1 fits ({why}); "
+                         + memory.out_of_memory_help(model.config, cfg.gradient_checkpointing))
+    log.info("micro-batch %d (%s): %d forward passes of up to %d images on each of %d process(es) make a step of "
+             "%d images", micro, why, -(-per_process // micro), micro, d.world, cfg.effective_batch_size)
+    return micro
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -470,15 +527,16 @@ def to_device(batch: dict, model, device: torch.device) -> tuple[torch.Tensor, .
 # ---- validation --------------------------------------------------------------------------------
 
 @torch.no_grad()
-def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.device, autocast,
-             d: Dist = Dist()) -> tuple[dict, np.ndarray | None]:
+def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.device, autocast, d: Dist = Dist(),
+             batch_size: int = CPU_MICRO_BATCH) -> tuple[dict, np.ndarray | None]:
     """Validation figures over the whole set, each process scoring its share and the sums added up:
     the loss and its parts (per image), and from the summed counts pixel and subject accuracy,
     per-label IoU, mIoU and the boundary F-score (as evaluate.py computes them). On rank 0 also an
-    (H, W, 3) uint8 panel of the first --val_panels images (evaluate.draw_panel)."""
+    (H, W, 3) uint8 panel of the first --val_panels images (evaluate.draw_panel). Batches of
+    `batch_size` (the run's micro-batch), halved where one runs out of memory."""
     model.eval()
     mine = list(range(d.rank, len(dataset), d.world))
-    batches = [mine[i:i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
+    loads = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
     label_set = unwrap(model).label_set
     num_labels = len(label_set)
     cm = torch.zeros(num_labels, num_labels, dtype=torch.int64, device=device)
@@ -487,19 +545,23 @@ def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.dev
     losses = torch.zeros(len(names), device=device, dtype=torch.float64)
     edges = np.zeros(4, dtype=np.int64)   # evaluate.boundary_counts, summed
     rows = []
-    for batch in make_loader(dataset, cfg, batches, device):
-        image, mask, boundary = to_device(batch, model, device)
-        with autocast:
-            out = model(image)
-            _, parts = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, cfg.loss)
-        losses += torch.stack([parts[k].double() for k in names]) * len(image)
-        pred = out.mask_logits.argmax(1)                                   # (B, H, W)
-        cm += confusion_matrix(pred, mask, num_labels)
-        edge_probs = out.boundary_logits.float().sigmoid().cpu()           # (B, H, W)
-        for predicted, true in zip((edge_probs >= BOUNDARY_THRESHOLD).numpy(), (boundary.cpu() > 0).numpy()):
-            edges += boundary_counts(predicted, true)
-        if d.main and len(rows) < cfg.val_panels:
-            rows += panel_rows(batch["image"], mask, out, cfg.val_panels - len(rows))
+    for loaded in make_loader(dataset, cfg, loads, device):
+        done = 0
+        while done < len(loaded["index"]):
+            batch = {k: v[done:done + batch_size] for k, v in loaded.items()}
+            result = validation_forward(model, batch, cfg, device, autocast)
+            if result is None:
+                batch_size = smaller_micro_batch(batch_size, "validation", model, cfg, device)
+                continue
+            mask, boundary, out, parts = result
+            done += len(mask)
+            losses += torch.stack([parts[k].double() for k in names]) * len(mask)
+            cm += confusion_matrix(out.mask_logits.argmax(1), mask, num_labels)       # argmax: (B, H, W)
+            edge_probs = out.boundary_logits.float().sigmoid().cpu()                   # (B, H, W)
+            for predicted, true in zip((edge_probs >= BOUNDARY_THRESHOLD).numpy(), (boundary.cpu() > 0).numpy()):
+                edges += boundary_counts(predicted, true)
+            if d.main and len(rows) < cfg.val_panels:
+                rows += panel_rows(batch["image"], mask, out, cfg.val_panels - len(rows))
     model.train()
     cm = all_sum(cm, d).cpu()
     losses = all_sum(losses, d).cpu() / len(dataset)
@@ -508,6 +570,19 @@ def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.dev
     metrics |= {"pixel_accuracy": pixel_accuracy(cm), "subject_accuracy": subject_accuracy(cm), "mIoU": mean_iou(cm),
                 "boundary_f_score": boundary_f_score(edges), "IoU": dict(zip(label_set.labels, iou_per_label(cm).tolist()))}
     return metrics, np.asarray(draw_panel(rows, label_set)) if rows else None
+
+
+def validation_forward(model, batch: dict, cfg: TrainConfig, device: torch.device, autocast):
+    """(mask, boundary target, model output, loss parts) of a validation batch; None where it runs out
+    of memory (its tensors freed as this returns)."""
+    try:
+        image, mask, boundary = to_device(batch, model, device)
+        with autocast:
+            out = model(image)
+            _, parts = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, cfg.loss)
+        return mask, boundary, out, parts
+    except torch.OutOfMemoryError:
+        return None
 
 
 def panel_rows(image: torch.Tensor, mask: torch.Tensor, out, count: int) -> list[tuple]:
@@ -523,188 +598,182 @@ def panel_rows(image: torch.Tensor, mask: torch.Tensor, out, count: int) -> list
     return rows
 
 
-# ---- the training loop -------------------------------------------------------------------------
+# ---- the training step -------------------------------------------------------------------------
 
-def accumulate_gradients(net, batches, shares: list[float], loss_config: LossConfig, device: torch.device,
-                         autocast, scaler: torch.amp.GradScaler, world: int = 1) -> dict[str, torch.Tensor]:
-    """Forward and backward over the micro-batches of one optimizer step, drawn from `batches`.
+class StepImages:
+    """This process's images of one optimizer step, drawn from the epoch's loader as the forward passes
+    need them (the loader works ahead meanwhile) and kept for the step: repeated at a smaller
+    micro-batch after running out of memory, the step reads the same images again. `wait`: the seconds
+    spent waiting for the loader."""
 
-    shares[i] is micro-batch i's share of the step's images over all processes: weighting each
-    loss by it makes the summed gradient the mean over all images however they were split (an
-    uneven last step included), so batch 4 gives the gradient of 2 micro-batches of 2.
-    DistributedDataParallel averages over processes, hence the factor `world`; it synchronises
-    only on the last micro-batch. Returns this process's loss parts, weighted alike.
+    def __init__(self, loader: Iterator[dict], shares: list[float]):
+        self.loader, self.shares, self.loaded, self.wait = loader, shares, [], 0.0
+
+    def micro_batches(self, size: int) -> Iterator[tuple[dict, float]]:
+        """(batch, its share of the step's images over all processes), `size` images at a time; the
+        loader's batches split where they hold more."""
+        for i, share in enumerate(self.shares):
+            if i == len(self.loaded):
+                start = time.perf_counter()
+                self.loaded.append(next(self.loader))
+                self.wait += time.perf_counter() - start
+            loaded, n = self.loaded[i], len(self.loaded[i]["index"])
+            for a in range(0, n, size):
+                yield {k: v[a:a + size] for k, v in loaded.items()}, share * min(size, n - a) / n
+
+
+def accumulate_gradients(net, micro_batches: Iterable[tuple[dict, float]], loss_config: LossConfig,
+                         device: torch.device, autocast, scaler: torch.amp.GradScaler) -> dict[str, torch.Tensor]:
+    """Forward and backward over the (batch, share) micro-batches of one optimizer step.
+
+    A share is the micro-batch's share of the step's images over all processes: weighting each loss by
+    it makes the gradient, summed over micro-batches and processes, the mean over all images however
+    they were split, so batch 4 gives the gradient of 2 micro-batches of 2. Returns this process's
+    loss parts, weighted alike.
     """
     parts = {}
-    for i, share in enumerate(shares):
-        image, mask, boundary = to_device(next(batches), net, device)
-        sync = world == 1 or i == len(shares) - 1
-        with nullcontext() if sync else net.no_sync():
-            with autocast:
-                out = net(image)
-                loss, loss_parts = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary,
-                                                     loss_config)
-            scaler.scale(loss * (share * world)).backward()
+    for batch, share in micro_batches:
+        image, mask, boundary = to_device(batch, net, device)
+        with autocast:
+            out = net(image)
+            loss, loss_parts = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, loss_config)
+        scaler.scale(loss * share).backward()
         for k, v in loss_parts.items():
             parts[k] = parts.get(k, 0.0) + v * share
     return parts
 
 
-def my_shares(micro_batches: list[list[int]], d: Dist) -> tuple[list[list[int]], list[float]]:
-    """This process's part of each micro-batch (batch[rank::world]) and its share of the step.
-
-    A process left with nothing (a short last batch) still runs one image with share 0, so that
-    every process takes part in each gradient exchange.
-    """
-    images = sum(len(b) for b in micro_batches)
-    mine = [b[d.rank::d.world] for b in micro_batches]
-    return [m or b[:1] for m, b in zip(mine, micro_batches)], [len(m) / images for m in mine]
-
-
-def warn_if_changed(ckpt: dict, cfg: TrainConfig, step_images: int) -> None:
-    """A resumed run equals one never interrupted only with the same data, order and steps."""
-    changed = [k for k in ("seed", "test_split", "val_fraction") if ckpt["train_config"].get(k) != getattr(cfg, k)]
-    if ckpt["step_images"] != step_images:
-        changed.append(f"images per step ({ckpt['step_images']} -> {step_images})")
-    if changed:
-        log.warning("resuming with changed %s: the run will not match one never interrupted", ", ".join(changed))
-
-
-def restore(cfg: TrainConfig, device: torch.device):
-    """The model, its stage and the checkpoint to resume (None when starting a stage)."""
-    resume = resume_path(cfg)
-    if not resume:
-        model, stage = build_model(cfg)
-        return model.to(device), stage, None
-    ckpt = read_checkpoint(resume)
-    if "optimizer" not in ckpt:
-        raise CheckpointError(f"{resume}: holds weights only, not a training state to resume; "
-                              "start a new stage from it with --pretrained_model_path")
-    model = model_from_checkpoint(ckpt, str(resume))
-    if run_label_set(cfg, model.label_set).labels != model.label_set.labels:
-        raise CheckpointError(f"{resume}: a run of label set {model.label_set.name}; this one's is "
-                              f"{run_label_set(cfg, model.label_set).name} (--labels / --data_layout)")
-    log.info("resuming %s at step %d (epoch %d)", resume, ckpt["step"], ckpt["epoch"])
-    return model.to(device), ckpt["stage"], ckpt
+def step_gradients(net, images: StepImages, trained: list, progress: Progress, cfg: TrainConfig,
+                   device: torch.device, autocast, scaler: torch.amp.GradScaler, d: Dist) -> dict[str, torch.Tensor]:
+    """The step's gradients (in `trained`) and loss parts, summed over the processes, at the run's
+    micro-batch. Where any process runs out of memory, every process drops the step's gradients, and
+    halves the micro-batch (progress keeps it) and repeats the step on the same images."""
+    while True:
+        parts = None
+        try:
+            parts = accumulate_gradients(net, images.micro_batches(progress.micro_batch), cfg.loss, device,
+                                         autocast, scaler)
+        except torch.OutOfMemoryError:
+            pass   # handled below, once the error and the step's tensors it holds are gone
+        if not all_sum(torch.tensor([parts is None], device=device, dtype=torch.int32), d).item():
+            sum_gradients(trained, d)
+            return {k: all_sum(v.detach().clone(), d) for k, v in parts.items()}
+        parts = None
+        for p in trained:
+            p.grad = None
+        progress.micro_batch = smaller_micro_batch(progress.micro_batch, f"step {progress.step + 1}", net, cfg, device)
+        progress.out_of_memory.append([progress.step + 1, progress.micro_batch])
 
 
-def load_training_state(ckpt: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                        device: torch.device) -> None:
-    """Optimizer and loss-scaler state of a resumed run, fitted to this run's device and precision."""
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for group in optimizer.param_groups:          # a run moved from the CPU to CUDA gets the fused step
-        group["fused"] = device.type == "cuda"
-    if scaler.is_enabled() and ckpt["scaler"]:
-        scaler.load_state_dict(ckpt["scaler"])
-    elif scaler.is_enabled() or ckpt["scaler"]:
-        log.info("the checkpoint was trained %s fp16: the loss scale %s", "without" if scaler.is_enabled() else "with",
-                 "starts fresh" if scaler.is_enabled() else "is not needed now")
+def smaller_micro_batch(size: int, what: str, model, cfg: TrainConfig, device: torch.device) -> int:
+    """After `what` ran out of memory at micro-batch `size`: memory released, and half the micro-batch
+    (rounded up), logged; DoesNotFit, saying what would help, where it was 1 already."""
+    memory.release_memory(device)
+    if size == 1:
+        raise DoesNotFit(f"{what}: out of memory at micro-batch 1; "
+                         + memory.out_of_memory_help(unwrap(model).config, cfg.gradient_checkpointing)
+                         + f". The last checkpoint stays in {Path(cfg.output_dir) / 'checkpoints'} (--resume latest)")
+    log.warning("%s: out of memory at micro-batch %d; repeated at micro-batch %d (kept from now on)", what, size,
+                (size + 1) // 2)
+    return (size + 1) // 2
 
+
+def optimizer_step(optimizer, scaler: torch.amp.GradScaler, trained: list, parts: dict, cfg: TrainConfig,
+                   step: int, bad_steps: int) -> tuple[float, int]:
+    """Unscale, clip and step, skipping a step whose loss or gradient is not finite (an fp16 overflow
+    included: the scaler then halves its scale); the gradient norm and the bad steps in a row, stopping
+    at --max_bad_steps. `step` counts this one."""
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm or math.inf).item()
+    finite = bool(torch.isfinite(parts["total"])) and math.isfinite(grad_norm)
+    if finite:
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if finite:
+        return grad_norm, 0
+    report = ", ".join(f"{k} {v.item():.4g}" for k, v in parts.items())
+    log.warning("step %d: non-finite loss or gradient (%s, grad norm %.4g): step skipped", step, report, grad_norm)
+    if bad_steps + 1 >= cfg.max_bad_steps:
+        raise FloatingPointError(f"step {step}: {bad_steps + 1} steps in a row with a non-finite loss or gradient "
+                                 f"({report}); stopping. The last good checkpoint is in "
+                                 f"{Path(cfg.output_dir) / 'checkpoints'}")
+    return grad_norm, bad_steps + 1
+
+
+# ---- a stage -----------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) one training stage; returns the path of the final weights."""
-    d, device = setup(cfg)
+    d, device = setup(cfg.device, keeps_freed_memory(cfg))
     torch.manual_seed(cfg.seed)
     dtype = pick_precision(cfg.mixed_precision, device)
-    output_dir = Path(cfg.output_dir)
     model, stage, ckpt = restore(cfg, device)
     cfg = dataclasses.replace(cfg, loss=resolve_class_weights(cfg.loss, model.label_set.labels, model.label_set.name))
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     model.set_gradient_checkpointing(cfg.gradient_checkpointing)
+    share_weights(model, d)
     optimizer = make_optimizer(model, stage, cfg, device)
     # fp16 loss scale: from torch's 2^16 the published model's first 5 steps overflowed (measured on the
     # tiny preset's first steps), each a bad step; 2^11 was the first to fit
     scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, enabled=dtype == torch.float16)
-    step_images = cfg.batch_size * cfg.gradient_accumulation_steps * d.world
-    step, epoch, epoch_images, best, metrics = 0, 0, 0, -1.0, {}
-    if ckpt:
-        load_training_state(ckpt, optimizer, scaler, device)
-        step, epoch, epoch_images, best = ckpt["step"], ckpt["epoch"], ckpt["epoch_images"], ckpt["best_miou"]
-        metrics = ckpt["val"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        warn_if_changed(ckpt, cfg, step_images)
+    progress = resume_progress(ckpt, cfg, optimizer, scaler, device) if ckpt else Progress()
 
     train_set, val_set = make_datasets(cfg, model, d)
-    total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(train_set) / step_images))
-    final = output_dir / cfg.output_file_name
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(train_set) / cfg.effective_batch_size))
+    final = Path(cfg.output_dir) / cfg.output_file_name
     if finished(cfg, ckpt, total_steps, final):
         if d.world > 1:
             dist.destroy_process_group()
         return final
-    net = DistributedDataParallel(model) if d.world > 1 else model
-    net = torch.compile(net) if cfg.compile else net
+    progress.micro_batch = pick_micro_batch(cfg, model, stage, dtype, device, d, progress)
+    net = torch.compile(model) if cfg.compile else model
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     trained = [p for p in model.parameters() if p.requires_grad]
-    writer = start_logging(cfg, model, stage, output_dir, step) if d.main else None
+    writer = start_logging(cfg, model, stage, progress.step) if d.main else None
     log.info("%s: %d training / %d validation images, stage %r (%.2f M trained parameters), "
              "%d steps of %d images on %s x %d", cfg.data_dir, len(train_set), len(val_set or []), stage,
-             sum(p.numel() for p in trained) / 1e6, total_steps, step_images, device, d.world)
+             sum(p.numel() for p in trained) / 1e6, total_steps, cfg.effective_batch_size, device, d.world)
 
-    stop, bad_steps = StopRequest(), 0
-    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, disable=not d.main)
-    while step < total_steps:
-        train_set.set_epoch(epoch)
-        done = -(-epoch_images // step_images)   # steps of this epoch already taken (a short last one too)
-        windows = epoch_windows(len(train_set), cfg, epoch, d.world)[done:]
-        mine = [b for w in windows for b in my_shares(w, d)[0]]
-        batches = iter(make_loader(train_set, cfg, mine, device))
-        for micro_batches in windows:
-            if step >= total_steps:
+    stop, bad_steps, timings = StopRequest(), 0, []
+    bar = tqdm(total=total_steps, initial=progress.step, unit="step", dynamic_ncols=True, disable=not d.main)
+    while progress.step < total_steps:
+        train_set.set_epoch(progress.epoch)
+        done = -(-progress.epoch_images // cfg.effective_batch_size)   # steps of this epoch already taken
+        steps = epoch_windows(len(train_set), cfg, progress.epoch)[done:]
+        splits = [my_micro_batches(step, d, progress.micro_batch) for step in steps]
+        loader = iter(make_loader(train_set, cfg, [b for batches, _ in splits for b in batches], device))
+        for step, (_, shares) in zip(steps, splits):
+            if progress.step >= total_steps:
                 break
-            t0 = time.perf_counter()
-            lr = lr_at(step, total_steps, cfg)
+            start = time.perf_counter()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            lr = lr_at(progress.step, total_steps, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images = sum(len(b) for b in micro_batches)
-            parts = accumulate_gradients(net, batches, my_shares(micro_batches, d)[1], cfg.loss, device,
-                                         autocast, scaler, d.world)
-            parts = {k: all_sum(v.detach().clone(), d) for k, v in parts.items()}
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm or math.inf)
-            # an fp16 overflow makes the unscaled norm infinite: a bad step, and the scaler halves its scale
-            finite = bool(torch.isfinite(parts["total"]) and torch.isfinite(grad_norm))
-            if finite:
-                scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step, epoch_images = step + 1, epoch_images + images
-            bad_steps = 0 if finite else bad_steps + 1
-            if not finite:
-                report = ", ".join(f"{k} {v.item():.4g}" for k, v in parts.items())
-                log.warning("step %d: non-finite loss or gradient (%s, grad norm %.4g): step skipped",
-                            step, report, grad_norm.item())
-                if bad_steps >= cfg.max_bad_steps:
-                    raise FloatingPointError(
-                        f"step {step}: {bad_steps} steps in a row with a non-finite loss or gradient "
-                        f"({report}); stopping. The last good checkpoint is in {output_dir / 'checkpoints'}")
-
+            images = StepImages(loader, shares)
+            parts = step_gradients(net, images, trained, progress, cfg, device, autocast, scaler, d)
+            grad_norm, bad_steps = optimizer_step(optimizer, scaler, trained, parts, cfg, progress.step + 1, bad_steps)
+            progress.step, progress.epoch_images = progress.step + 1, progress.epoch_images + len(step)
+            timings.append((len(step), time.perf_counter() - start, images.wait,
+                            torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None))
             if d.main:
-                speed = images / (time.perf_counter() - t0)
-                for k, v in [*((k, v.item()) for k, v in parts.items()),
-                             ("lr", lr), ("grad_norm", grad_norm.item()), ("img_per_s", speed)]:
-                    writer.add_scalar(f"train/{k}", v, step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{parts['total'].item():.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.1f}")
+                log_step(writer, bar, progress.step, parts, lr, grad_norm, timings[-1])
+                if len(timings) == FEEDING_STEPS:
+                    report_feeding(timings, cfg.num_workers, device)
 
             stopping = bool(all_sum(torch.tensor([stop.signal], device=device), d).item())
-            if step % cfg.checkpointing_steps == 0 or step == total_steps or stopping:
-                if val_set is not None:
-                    metrics, panel = validate(model, val_set, cfg, device, autocast, d)   # eager: no graph for eval
-                    best = on_rank0(lambda: log_validation(writer, metrics, panel, step, best, model, cfg, stage,
-                                                           output_dir), d, device)
-                if d.main:
-                    writer.flush()   # what a resume would not write again is on disk before the checkpoint
-                on_rank0(lambda: save_step_checkpoint(
-                    training_state(model, optimizer, scaler, cfg, stage, step, epoch, epoch_images, step_images, best,
-                                   metrics), output_dir, cfg.checkpoints_total_limit), d, device)
+            if progress.step % cfg.checkpointing_steps == 0 or progress.step == total_steps or stopping:
+                validate_and_save(model, optimizer, scaler, cfg, stage, progress, val_set, writer, autocast, device, d)
             if stopping:
-                raise SystemExit(f"stopped by a signal at step {step}; continue with --resume latest")
+                raise SystemExit(f"stopped by a signal at step {progress.step}; continue with --resume latest")
         else:
-            epoch, epoch_images = epoch + 1, 0
+            progress.epoch, progress.epoch_images = progress.epoch + 1, 0
     bar.close()
 
-    on_rank0(lambda: save_atomic(weights_payload(model, cfg, stage, step, metrics), final), d, device)
+    on_rank0(lambda: save_atomic(weights_payload(model, cfg, stage, progress.step, progress.metrics), final), d, device)
     if d.main:
         writer.close()
         if val_set is None:   # a warning where validation was asked for
@@ -714,6 +783,21 @@ def train(cfg: TrainConfig) -> Path:
     if d.world > 1:
         dist.destroy_process_group()
     return final
+
+
+def validate_and_save(model: UNet, optimizer, scaler, cfg: TrainConfig, stage: str, progress: Progress,
+                      val_set: FashionDataset | None, writer: SummaryWriter | None, autocast, device: torch.device,
+                      d: Dist) -> None:
+    """A checkpoint: validation (TensorBoard, best.pt when mIoU improved), then the step checkpoint."""
+    output_dir = Path(cfg.output_dir)
+    if val_set is not None:   # eager: no graph for evaluation
+        progress.metrics, panel = validate(model, val_set, cfg, device, autocast, d, progress.micro_batch)
+        progress.best = on_rank0(lambda: log_validation(writer, progress.metrics, panel, progress.step, progress.best,
+                                                        model, cfg, stage), d, device)
+    if d.main:
+        writer.flush()   # what a resume would not write again is on disk before the checkpoint
+    on_rank0(lambda: save_step_checkpoint(training_state(model, optimizer, scaler, cfg, stage, progress), output_dir,
+                                          cfg.checkpoints_total_limit), d, device)
 
 
 def finished(cfg: TrainConfig, ckpt: dict | None, total_steps: int, final: Path) -> bool:
@@ -729,11 +813,12 @@ def finished(cfg: TrainConfig, ckpt: dict | None, total_steps: int, final: Path)
     return True
 
 
-def start_logging(cfg: TrainConfig, model: UNet, stage: str, output_dir: Path, step: int) -> SummaryWriter:
+def start_logging(cfg: TrainConfig, model: UNet, stage: str, step: int) -> SummaryWriter:
     """config.json and the TensorBoard writer (fails early when the folder is not writable). Events are
     written from step + 1 on: readers drop whatever an earlier, interrupted run logged from there, so a
     resumed run shows each step once. A fresh run (step 0) logs its configuration, as a text panel and
     as hparams, and drops everything earlier in the folder."""
+    output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     config = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.config), "stage": stage}
     (output_dir / "config.json").write_text(json.dumps(config, indent=2))
@@ -753,7 +838,7 @@ def start_logging(cfg: TrainConfig, model: UNet, stage: str, output_dir: Path, s
 
 
 def log_validation(writer: SummaryWriter, metrics: dict, panel, step: int, best: float, model: UNet,
-                   cfg: TrainConfig, stage: str, output_dir: Path) -> float:
+                   cfg: TrainConfig, stage: str) -> float:
     """TensorBoard scalars (val/..., per-label IoU as val_iou/<label>) and panel, a console line, and
     best.pt when mIoU improved."""
     for k, v in metrics.items():
@@ -768,16 +853,71 @@ def log_validation(writer: SummaryWriter, metrics: dict, panel, step: int, best:
     tqdm.write(f"step {step}: " + ", ".join(f"val {k} {metrics[k]:.4f}" for k in shown))
     if metrics["mIoU"] <= best:
         return best
-    save_atomic(weights_payload(model, cfg, stage, step, metrics), output_dir / "best.pt")
+    save_atomic(weights_payload(model, cfg, stage, step, metrics), Path(cfg.output_dir) / "best.pt")
     return metrics["mIoU"]
+
+
+def log_step(writer: SummaryWriter, bar: tqdm, step: int, parts: dict, lr: float, grad_norm: float,
+             timing: tuple[int, float, float, int | None]) -> None:
+    """A step's TensorBoard scalars (train/...) and the progress bar. timing: (images, seconds, seconds
+    spent waiting for data, peak CUDA memory in bytes or None)."""
+    images, seconds, wait, peak = timing
+    scalars = {**{k: v.item() for k, v in parts.items()}, "lr": lr, "grad_norm": grad_norm,
+               "img_per_s": images / seconds, "data_wait_share": wait / seconds}
+    if peak is not None:
+        scalars["peak_memory_gib"] = peak / GIB
+    for k, v in scalars.items():
+        writer.add_scalar(f"train/{k}", v, step)
+    bar.update(1)
+    bar.set_postfix(loss=f"{scalars['total']:.3f}", lr=f"{lr:.1e}", img_s=f"{scalars['img_per_s']:.1f}")
+
+
+def report_feeding(timings: list[tuple[int, float, float, int | None]], num_workers: int, device: torch.device) -> None:
+    """Whether the data loading keeps up, over this process's first FEEDING_STEPS steps but the first
+    (which sets up): images/s, the share of the time spent waiting for data and the peak memory
+    (CUDA), and a warning naming a --num_workers to try when the wait is over FEEDING_WARNING."""
+    images, seconds, wait = (sum(t[i] for t in timings[1:]) for i in range(3))
+    share = wait / seconds
+    peak = f", peak memory {max(t[3] for t in timings) / GIB:.2f} GiB" if device.type == "cuda" else ""
+    tqdm.write(f"steps 2-{len(timings)} of this run: {images / seconds:.1f} images/s, "
+               f"{share:.0%} of the time waiting for data{peak}")
+    if share > FEEDING_WARNING:
+        # loading a step takes num_workers x the step time in one worker (the main process: the wait);
+        # workers enough to load it in the time the step computes, with a quarter to spare
+        needed = (num_workers or share) / (1 - share)
+        suggestion = max(num_workers + 1, math.ceil(1.25 * needed))
+        log.warning("the %s waits for data %.0f%% of the time: try --num_workers %d (now %d; this machine has "
+                    "%d CPU cores)", "GPU" if device.type == "cuda" else "training", 100 * share, suggestion,
+                    num_workers, os.cpu_count() or 1)
+
+
+def print_plan(cfg: TrainConfig) -> None:
+    """--plan: the memory plan of the run these flags describe (its model built on the meta device, no
+    weights allocated), printed and with --plan_json written."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # a checkpoint's weights copied into meta tensors: nothing to do
+        model, stage = build_model(cfg)
+    loss = resolve_class_weights(cfg.loss, model.label_set.labels, model.label_set.name)
+    mc = model.config
+    result = memory.plan(mc, stage, mc.image_size, cfg.gradient_checkpointing, loss)
+    levels = " ".join(map(str, mc.local_attention_levels)) or "none"
+    print(f"{cfg.pretrained_model_path or 'preset ' + cfg.preset}: {mc.bottleneck} bottleneck, local attention on "
+          f"levels {levels}, stage {stage!r} at {mc.image_size}x{mc.image_size}, gradient checkpointing "
+          f"{'on' if cfg.gradient_checkpointing else 'off'}\n{memory.format_plan(result)}\n"
+          "not planned: torch.compile (usually less); --batch_size auto fits the memory CUDA reports free")
+    if cfg.plan_json:
+        memory.write_plan(result, Path(cfg.plan_json))
+        print(f"written: {cfg.plan_json}")
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = parse_config(argv)
     try:
+        if cfg.plan:
+            return print_plan(cfg)
         final = train(cfg)
-    except (ValueError, FloatingPointError, OSError) as e:   # DataError, CheckpointError included
+    except (ValueError, FloatingPointError, OSError, DoesNotFit) as e:   # DataError, CheckpointError included
         sys.exit(f"error: {e}")
     if int(os.environ.get("RANK", "0")) == 0:
         q = shlex.quote   # paths with spaces (a Drive folder) copy into a shell as they are

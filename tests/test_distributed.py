@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LR = 1e-5   # small, so the 4 steps stay near-linear and rounding cannot grow into another trajectory
 COMMON = ["--image_size", "32", "--num_workers", "0", "--val_fraction", "0.25", "--warmup_steps", "1",
           "--val_panels", "0", "--max_steps", "4", "--checkpointing_steps", "2", "--checkpoints_total_limit", "4",
-          "--gradient_accumulation_steps", "2", "--learning_rate", str(LR),
+          "--effective_batch_size", "4", "--learning_rate", str(LR),
           "--ce_mean", "pixels"]   # the exact mean: the released weighted mean normalises each process alone
 
 

@@ -16,7 +16,7 @@ from synthetic import write_synthetic_dataset
 from unet import PRESETS, UNet, model_checkpoint, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--image_size", "32", "--batch_size", "2", "--num_workers", "0", "--val_fraction", "0.25",
+FAST = ["--image_size", "32", "--effective_batch_size", "2", "--num_workers", "0", "--val_fraction", "0.25",
         "--warmup_steps", "1", "--val_panels", "0", "--max_steps", "10", "--checkpointing_steps", "1"]
 
 

@@ -19,7 +19,7 @@ from synthetic import write_synthetic_dataset
 from unet import PRESETS, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--image_size", "32", "--batch_size", "2", "--num_workers", "0", "--val_fraction", "0.25",
+FAST = ["--image_size", "32", "--effective_batch_size", "2", "--num_workers", "0", "--val_fraction", "0.25",
         "--warmup_steps", "1", "--val_panels", "2"]
 
 

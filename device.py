@@ -145,9 +145,10 @@ def all_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
 
 def all_min(value: int, d: Dist, device: torch.device) -> int:
     """The smallest of the processes' values."""
+    if d.world == 1:
+        return value
     t = torch.tensor([value], device=device)
-    if d.world > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t.item())
 
 

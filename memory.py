@@ -30,7 +30,7 @@ context. `fits` leaves a margin for them; `--batch_size auto` (`auto_micro_batch
 the validation forward (no gradients, far below a training step); --channels_last keeps the sizes.
 
 Also here: what run.py does when a step runs out of memory after all (`out_of_memory_help`,
-`release_memory`), and the plan as `python run.py --plan` prints and writes it (`format_plan`,
+`halve_micro_batch`), and the plan as `python run.py --plan` prints and writes it (`format_plan`,
 `write_plan`).
 """
 from __future__ import annotations
@@ -40,6 +40,7 @@ import dataclasses
 import functools
 import gc
 import json
+import logging
 import os
 import typing
 import weakref
@@ -71,6 +72,7 @@ MARGIN_BYTES = 512 * 2 ** 20
 CARD_ALLOWANCE_BYTES = GIB
 CARDS_GB = (16, 24, 40, 80)
 CLIP_NORM = 1.0                      # run.py's default --max_grad_norm; clipping allocates scalars only
+log = logging.getLogger("run")
 
 
 def card_free_bytes(gigabytes: int) -> int:
@@ -451,12 +453,20 @@ def out_of_memory_help(config: UNetConfig, gradient_checkpointing: bool) -> str:
     return "what would help: " + "; ".join(ways) + " (python run.py --plan with the same flags shows each one's peak)"
 
 
-def release_memory(device: torch.device) -> None:
-    """After an out-of-memory error: collect what its traceback held and hand the cached blocks back,
-    so the next try starts from the weights and optimizer state alone."""
+def halve_micro_batch(size: int, what: str, config: UNetConfig, gradient_checkpointing: bool, device: torch.device,
+                      checkpoints: Path) -> int:
+    """After `what` (a training step, validation) ran out of memory at micro-batch `size`: memory
+    released (what the error held collected, the cached blocks handed back) and half the micro-batch,
+    rounded up, logged; DoesNotFit, saying what would help, where it was 1 already."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    if size == 1:
+        raise DoesNotFit(f"{what}: out of memory at micro-batch 1; {out_of_memory_help(config, gradient_checkpointing)}"
+                         f". The last checkpoint stays in {checkpoints} (--resume latest continues from it)")
+    log.warning("%s: out of memory at micro-batch %d; repeated at micro-batch %d (kept from now on)", what, size,
+                (size + 1) // 2)
+    return (size + 1) // 2
 
 
 def plan(config: UNetConfig, stage: str = "all", image_size: int | None = None,

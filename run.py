@@ -28,19 +28,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import os
-import re
 import shlex
 import shutil
 import sys
 import time
-import typing
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -49,30 +45,28 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
-import postprocess
-from dataset import LAYOUTS, EmptySplitError, FashionDataset, get_layout
 import memory
-from device import (PRECISIONS, Dist, StopRequest, all_min, all_sum, on_rank0, pick_precision, setup, share_weights,
+import postprocess
+from config import (LOCAL_ATTENTION_MAX_SIDE, SYNTHETIC_DIR, TrainConfig, add_flags, check_config,
+                    keeps_freed_memory)
+from dataset import LAYOUTS, EmptySplitError, FashionDataset, get_layout
+from device import (Dist, StopRequest, all_min, all_sum, on_rank0, pick_precision, setup, share_weights,
                     sum_gradients)
 from evaluate import (BOUNDARY_THRESHOLD, boundary_counts, boundary_f_score, confusion_matrix, draw_panel,
                       iou_per_label, mean_iou, pixel_accuracy, subject_accuracy)
 from images import prepare_batch
-from labels import DEFAULT_LABELS, LabelSet, load_label_set, shipped_names
+from labels import LabelSet, load_label_set
 from losses import LossConfig, resolve_class_weights, segmentation_loss
 from memory import CPU_MICRO_BATCH, GIB, DoesNotFit
+from runstate import (Progress, finished, log_validation, resume_path, resume_progress, save_step_checkpoint,
+                      start_logging, training_state, weights_payload)
 from synthetic import write_synthetic_dataset
-from unet import (LEVELS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, model_checkpoint,
-                  model_from_checkpoint, new_label_head, read_checkpoint, save_atomic, stage_parameters,
-                  swap_bottleneck, unwrap)
+from unet import (LEVELS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, model_from_checkpoint,
+                  new_label_head, read_checkpoint, save_atomic, stage_parameters, swap_bottleneck, unwrap)
 
 log = logging.getLogger("run")
-SYNTHETIC_DIR = "data/synthetic"
-# Local attention costs most in the shallow, high-resolution levels; the paper keeps it to the three
-# deepest at 512x512, the levels whose maps are at most this wide.
-LOCAL_ATTENTION_MAX_SIDE = 128
 # The post-processing in the validation panel: evaluate.py's default, the released algorithm.
 VAL_POSTPROCESS = "published"
 # The first steps a process times to say whether the data loading keeps up, and the share of the step
@@ -80,117 +74,14 @@ VAL_POSTPROCESS = "published"
 FEEDING_STEPS, FEEDING_WARNING = 20, 0.10
 
 
-def arg(default, help: str, **kwargs):
-    """A dataclass field that also describes its command-line flag."""
-    return field(default=default, metadata={"help": help, **kwargs})
-
-
-@dataclass
-class TrainConfig:
-    # data
-    data_dir: str = arg(SYNTHETIC_DIR, "data set root (DeepFashion-MultiModal: images/, segm/); the default "
-                        "synthetic folder is drawn on first use")
-    data_layout: str = arg("deepfashion-mm", "how --data_dir keeps photos and masks: deepfashion-mm, lip, cihp, "
-                           "atr, or folders (images/ + masks/ named by --mask_pattern); README 'Label sets'",
-                           choices=list(LAYOUTS))
-    mask_pattern: str = arg("", "a photo's mask file name in masks/, {stem} the photo's name without its "
-                            "suffix (--data_layout folders; default: {stem}.png)")
-    labels: str = arg("", "label set of the masks and the model: a shipped name (" + ", ".join(shipped_names())
-                      + ") or a JSON file (default: lip, cihp and atr layouts their own; else the "
-                      "--pretrained_model_path checkpoint's, else deepfashion-mm); a checkpoint of another "
-                      "label set fine-tunes with a fresh label head")
-    synthetic_images: int = arg(240, "images to draw when the synthetic data set is made")
-    test_split: str = arg("", "file naming the test images (default: the layout's: the published 1,270 for "
-                          "deepfashion-mm, the data set's own test part for lip and cihp, else a hash)")
-    test_fraction: float = arg(0.1, "share of the images in the hashed test split of a data set without "
-                               "its own (atr, folders)")
-    val_fraction: float = arg(0.05, "share of the non-test images held out for validation (whole outfits, "
-                                      "by a hash of the name)")
-    color_jitter: float = arg(0.1, "colour jitter strength for training samples (0 = off)")
-    skip_bad_samples: bool = arg(False, "skip and report unreadable or invalid samples instead of stopping")
-    num_workers: int = arg(2, "data-loading processes")
-    # model and stage
-    preset: str = arg("tiny", "architecture when training from scratch", choices=sorted(PRESETS))
-    image_size: int = arg(0, "training resolution (0 = the preset's)")
-    bottleneck: str = arg("", "bottleneck when training from scratch (default: the preset's)",
-                          choices=["", "simple", "attention"])
-    pretrained_model_path: str = arg("", "start from these weights (fresh optimizer)")
-    upgrade_bottleneck: bool = arg(False, "swap in a fresh attention bottleneck and train only it")
-    upgrade_local_attention: bool = arg(False, "add local attention and train only it")
-    model_use_local_attention: bool = arg(False, "train everything with local attention on "
-                                                 "(added where the model lacks it)")
-    local_attention_levels: tuple[int, ...] = arg((), "decoder levels for local attention, 0 = full "
-                                                      "resolution, 4 the deepest (default: the levels at most "
-                                                      f"{LOCAL_ATTENTION_MAX_SIDE} px wide at the model's size: "
-                                                      "2 3 4 at 512, as the paper suggests; all at 128)")
-    # optimisation
-    epochs: float = arg(12.0, "passes over the training images (fractions allowed)")
-    max_steps: int = arg(0, "stop after this many optimizer steps (0 = run --epochs)")
-    batch_size: str = arg("auto", "images per forward pass on each process (the micro-batch), or auto: on CUDA "
-                          "the largest divisor of the images per process and step whose planned peak memory x "
-                          f"{1 + memory.MARGIN_FRACTION:.1f} + {memory.MARGIN_BYTES // 2**20} MiB fits the GPU's "
-                          "free memory (--plan shows the plan), on the CPU the largest up to "
-                          f"{CPU_MICRO_BATCH}. Out of memory halves it and repeats the step")
-    effective_batch_size: int = arg(8, "images per optimizer step, over all processes (the published recipe: 64); "
-                                    "the forward passes a step takes (gradient accumulation) follow from --batch_size")
-    learning_rate: float = arg(1e-3, "peak learning rate (published: 1e-3 stage 1, 1e-4 later)")
-    lr_scheduler: str = arg("cosine", "decay after warm-up", choices=["constant", "linear", "cosine"])
-    warmup_steps: int = arg(20, "optimizer steps of linear warm-up")
-    min_lr_ratio: float = arg(0.1, "final learning rate as a fraction of the peak (linear/cosine)")
-    weight_decay: float = arg(0.0, "AdamW weight decay on conv weights (published: Adam, none)")
-    max_grad_norm: float = arg(1.0, "gradient clipping norm (0 = off)")
-    max_bad_steps: int = arg(10, "stop after this many steps in a row with a non-finite loss or gradient")
-    mixed_precision: str = arg("auto", "autocast dtype: auto = bf16 on GPUs that run it natively (Ampere and "
-                               "newer), fp16 with a loss scaler on older ones (T4, V100), fp32 on the CPU",
-                               choices=list(PRECISIONS))
-    channels_last: bool = arg(False, "train channels-last (measured no faster on the CPU, bench.py; on CUDA "
-                              "GroupNorm has no channels-last kernel)")
-    keep_freed_memory: str = arg("auto", "on the CPU (glibc), keep memory a step frees for the next instead of "
-                                 "returning it to the system: steps measured 1.3-2.1x as fast for 7-20%% more "
-                                 "peak memory; auto = on unless --gradient_checkpointing",
-                                 choices=["auto", "on", "off"])
-    gradient_checkpointing: bool = arg(False, "recompute activations: less memory, more time")
-    compile: bool = arg(False, "torch.compile the model")
-    seed: int = arg(0, "seed for initialisation and data order")
-    device: str = arg("auto", "cpu, cuda, cuda:N or auto")
-    # outputs
-    output_dir: str = arg("checkpoints/tiny", "folder for checkpoints, logs and the final weights")
-    output_file_name: str = arg("model.pt", "final weights, inside --output_dir")
-    resume: str = arg("", "'latest' (newest checkpoint in --output_dir, if any) or a checkpoint path")
-    checkpointing_steps: int = arg(100, "validate and save a checkpoint every N optimizer steps")
-    checkpoints_total_limit: int = arg(2, "step checkpoints kept (best.pt and the final weights aside)")
-    val_panels: int = arg(4, "validation images shown in TensorBoard")
-    plan: bool = arg(False, "print the plan of the GPU memory one training step of this run needs, for each "
-                     "micro-batch and precision (memory.py; no GPU needed), and exit without training")
-    plan_json: str = arg("", "with --plan: also write the plan to this JSON file")
-    loss: LossConfig = field(default_factory=LossConfig)
-
-
 # ---- command line ------------------------------------------------------------------------------
-
-def _add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if "help" not in f.metadata:
-            continue
-        kind, extra = hints[f.name], {}
-        if typing.get_origin(kind) is tuple:
-            extra = dict(nargs="*", type=typing.get_args(kind)[0])
-        elif kind is bool:
-            extra = dict(action=argparse.BooleanOptionalAction)
-        else:
-            extra = dict(type=kind)
-        default = f.default if f.default != "" else "none"
-        parser.add_argument(f"--{f.name}", help=f"{f.metadata['help']} (default: {default})",
-                            choices=f.metadata.get("choices"), **extra)
-
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     """Flags -> TrainConfig. Only given flags are set, so dataclass defaults are the only ones."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_flags(parser, TrainConfig)
-    _add_flags(parser, LossConfig)
+    add_flags(parser, TrainConfig)
+    add_flags(parser, LossConfig)
     given = vars(parser.parse_args(argv))
     loss_names = {f.name for f in dataclasses.fields(LossConfig)}
     try:
@@ -200,47 +91,6 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     except ValueError as e:
         parser.error(str(e))
     return cfg
-
-
-def check_config(cfg: TrainConfig, given: dict) -> None:
-    """Reject flag combinations that cannot mean what the user wants."""
-    stages = [s for s in ("upgrade_bottleneck", "upgrade_local_attention", "model_use_local_attention")
-              if getattr(cfg, s)]
-    if len(stages) > 1:
-        raise ValueError(f"choose one stage: --{' and --'.join(stages)} conflict")
-    if stages and not cfg.pretrained_model_path:
-        raise ValueError(f"--{stages[0]} upgrades a trained model: give --pretrained_model_path")
-    if cfg.pretrained_model_path and {"preset", "bottleneck"} & set(given):
-        raise ValueError("--preset/--bottleneck build a model from scratch; with --pretrained_model_path "
-                         "the architecture comes from the checkpoint")
-    if cfg.local_attention_levels and not (cfg.upgrade_local_attention or cfg.model_use_local_attention):
-        raise ValueError("--local_attention_levels goes with --upgrade_local_attention or "
-                         "--model_use_local_attention")
-    if cfg.batch_size != "auto" and not (str(cfg.batch_size).isdigit() and int(cfg.batch_size) >= 1):
-        raise ValueError(f"--batch_size must be at least 1, or auto (got {cfg.batch_size!r})")
-    for name in ("effective_batch_size", "checkpointing_steps", "checkpoints_total_limit"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name} must be at least 1")
-    if cfg.batch_size != "auto" and int(cfg.batch_size) > cfg.effective_batch_size:
-        raise ValueError(f"--batch_size {cfg.batch_size} is more than the --effective_batch_size of "
-                         f"{cfg.effective_batch_size} images a step")
-    if cfg.plan_json and not cfg.plan:
-        raise ValueError("--plan_json goes with --plan")
-    layout = get_layout(cfg.data_layout, cfg.mask_pattern)
-    if cfg.mask_pattern and cfg.data_layout != "folders":
-        raise ValueError("--mask_pattern names the masks of --data_layout folders")
-    # the class weights' count, wherever the label set is known without reading a file
-    known = cfg.labels or layout.labels or ("" if cfg.pretrained_model_path else DEFAULT_LABELS)
-    if known in shipped_names():
-        label_set = load_label_set(known)
-        resolve_class_weights(cfg.loss, label_set.labels, label_set.name)
-    if cfg.max_steps < 0 or cfg.epochs <= 0 and not cfg.max_steps:
-        raise ValueError("give a positive --epochs or --max_steps")
-
-
-def keeps_freed_memory(cfg: TrainConfig) -> bool:
-    """--keep_freed_memory: auto = on unless --gradient_checkpointing asks for less memory."""
-    return cfg.keep_freed_memory == "on" or cfg.keep_freed_memory == "auto" and not cfg.gradient_checkpointing
 
 
 # ---- model, stage and optimizer ----------------------------------------------------------------
@@ -349,63 +199,7 @@ def my_micro_batches(step: list[int], d: Dist, size: int) -> tuple[list[list[int
     return batches, [len(b) / len(step) for b in batches]
 
 
-@dataclass
-class Progress:
-    """Where a run stands, as its checkpoints keep it: step, epoch and images of the epoch done, best
-    validation mIoU and the last validation figures, the micro-batch, and where running out of memory
-    halved it ([step, micro-batch after it], oldest first)."""
-    step: int = 0
-    epoch: int = 0
-    epoch_images: int = 0
-    best: float = -1.0
-    metrics: dict = field(default_factory=dict)
-    micro_batch: int = 0
-    out_of_memory: list = field(default_factory=list)
-
-
-# ---- checkpoints -------------------------------------------------------------------------------
-
-def step_checkpoints(output_dir: Path) -> list[Path]:
-    """step-*.pt files, oldest first."""
-    found = [(int(m.group(1)), p) for p in (output_dir / "checkpoints").glob("step-*.pt")
-             if (m := re.fullmatch(r"step-(\d+)\.pt", p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def resume_path(cfg: TrainConfig) -> Path | None:
-    if cfg.resume != "latest":
-        return Path(cfg.resume) if cfg.resume else None
-    found = step_checkpoints(Path(cfg.output_dir))
-    if not found:
-        log.info("--resume latest: no checkpoint in %s/checkpoints yet, starting fresh", cfg.output_dir)
-    return found[-1] if found else None
-
-
-def weights_payload(model, cfg: TrainConfig, stage: str, step: int, metrics: dict) -> dict:
-    """best.pt and the final weights: the model, how it was trained, and its validation figures."""
-    return {**model_checkpoint(model), "train_config": dataclasses.asdict(cfg), "stage": stage,
-            "step": step, "val": metrics}
-
-
-def training_state(model, optimizer, scaler, cfg: TrainConfig, stage: str, progress: Progress) -> dict:
-    """Everything needed to continue the run exactly, and the last validation figures (which a resumed
-    run hands on to its final weights); plain data for weights_only loading."""
-    return {**weights_payload(model, cfg, stage, progress.step, progress.metrics),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": progress.epoch,
-            "epoch_images": progress.epoch_images, "step_images": cfg.effective_batch_size,
-            "best_miou": progress.best, "micro_batch": progress.micro_batch,
-            "out_of_memory": progress.out_of_memory, "rng": {"torch": torch.get_rng_state()}}
-
-
-def save_step_checkpoint(state: dict, output_dir: Path, limit: int) -> Path:
-    path = output_dir / "checkpoints" / f"step-{state['step']:07d}.pt"
-    save_atomic(state, path)
-    for old in step_checkpoints(output_dir)[:-limit]:   # only after the new one is safely written
-        old.write_bytes(b"")    # cut first: Google Drive keeps deleted files in its trash at full size
-        # (best.pt and the final weights are replaced by a rename, without the cut)
-        old.unlink()
-    return path
-
+# ---- starting or resuming ----------------------------------------------------------------------
 
 def restore(cfg: TrainConfig, device: torch.device):
     """The model, its stage and the checkpoint to resume (None when starting a stage)."""
@@ -423,28 +217,6 @@ def restore(cfg: TrainConfig, device: torch.device):
                               f"{run_label_set(cfg, model.label_set).name} (--labels / --data_layout)")
     log.info("resuming %s at step %d (epoch %d)", resume, ckpt["step"], ckpt["epoch"])
     return model.to(device), ckpt["stage"], ckpt
-
-
-def resume_progress(ckpt: dict, cfg: TrainConfig, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                    device: torch.device) -> Progress:
-    """A resumed run's position, optimizer and loss-scaler state (fitted to this run's device and
-    precision) and random state; a warning where a flag changes what the steps would be."""
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for group in optimizer.param_groups:          # a run moved from the CPU to CUDA gets the fused step
-        group["fused"] = device.type == "cuda"
-    if scaler.is_enabled() and ckpt["scaler"]:
-        scaler.load_state_dict(ckpt["scaler"])
-    elif scaler.is_enabled() or ckpt["scaler"]:
-        log.info("the checkpoint was trained %s fp16: the loss scale %s", "without" if scaler.is_enabled() else "with",
-                 "starts fresh" if scaler.is_enabled() else "is not needed now")
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    changed = [k for k in ("seed", "test_split", "val_fraction") if ckpt["train_config"].get(k) != getattr(cfg, k)]
-    if ckpt["step_images"] != cfg.effective_batch_size:
-        changed.append(f"images per step ({ckpt['step_images']} -> {cfg.effective_batch_size})")
-    if changed:   # a resumed run equals one never interrupted only with the same data, order and steps
-        log.warning("resuming with changed %s: the run will not match one never interrupted", ", ".join(changed))
-    return Progress(ckpt["step"], ckpt["epoch"], ckpt["epoch_images"], ckpt["best_miou"], ckpt["val"],
-                    out_of_memory=ckpt.get("out_of_memory", []))
 
 
 def pick_micro_batch(cfg: TrainConfig, model: UNet, stage: str, dtype, device: torch.device, d: Dist,
@@ -551,7 +323,9 @@ def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.dev
             batch = {k: v[done:done + batch_size] for k, v in loaded.items()}
             result = validation_forward(model, batch, cfg, device, autocast)
             if result is None:
-                batch_size = smaller_micro_batch(batch_size, "validation", model, cfg, device)
+                batch_size = memory.halve_micro_batch(batch_size, "validation", unwrap(model).config,
+                                                      cfg.gradient_checkpointing, device,
+                                                      Path(cfg.output_dir) / "checkpoints")
                 continue
             mask, boundary, out, parts = result
             done += len(mask)
@@ -661,21 +435,10 @@ def step_gradients(net, images: StepImages, trained: list, progress: Progress, c
         parts = None
         for p in trained:
             p.grad = None
-        progress.micro_batch = smaller_micro_batch(progress.micro_batch, f"step {progress.step + 1}", net, cfg, device)
+        progress.micro_batch = memory.halve_micro_batch(progress.micro_batch, f"step {progress.step + 1}",
+                                                        unwrap(net).config, cfg.gradient_checkpointing, device,
+                                                        Path(cfg.output_dir) / "checkpoints")
         progress.out_of_memory.append([progress.step + 1, progress.micro_batch])
-
-
-def smaller_micro_batch(size: int, what: str, model, cfg: TrainConfig, device: torch.device) -> int:
-    """After `what` ran out of memory at micro-batch `size`: memory released, and half the micro-batch
-    (rounded up), logged; DoesNotFit, saying what would help, where it was 1 already."""
-    memory.release_memory(device)
-    if size == 1:
-        raise DoesNotFit(f"{what}: out of memory at micro-batch 1; "
-                         + memory.out_of_memory_help(unwrap(model).config, cfg.gradient_checkpointing)
-                         + f". The last checkpoint stays in {Path(cfg.output_dir) / 'checkpoints'} (--resume latest)")
-    log.warning("%s: out of memory at micro-batch %d; repeated at micro-batch %d (kept from now on)", what, size,
-                (size + 1) // 2)
-    return (size + 1) // 2
 
 
 def optimizer_step(optimizer, scaler: torch.amp.GradScaler, trained: list, parts: dict, cfg: TrainConfig,
@@ -798,63 +561,6 @@ def validate_and_save(model: UNet, optimizer, scaler, cfg: TrainConfig, stage: s
         writer.flush()   # what a resume would not write again is on disk before the checkpoint
     on_rank0(lambda: save_step_checkpoint(training_state(model, optimizer, scaler, cfg, stage, progress), output_dir,
                                           cfg.checkpoints_total_limit), d, device)
-
-
-def finished(cfg: TrainConfig, ckpt: dict | None, total_steps: int, final: Path) -> bool:
-    """With --resume: True (and says so) when the stage has finished, its final weights in place and its
-    newest checkpoint (or, none left, the final weights) at the last step; nothing is then written."""
-    if not cfg.resume or not final.is_file():
-        return False
-    step = ckpt["step"] if ckpt else read_checkpoint(final)["step"]
-    if step < total_steps:
-        return False
-    log.info("%s: this stage has finished (step %d of %d); %s and its validation figures stay as they are. "
-             "Nothing to do (to train it again, give a new --output_dir)", cfg.output_dir, step, total_steps, final)
-    return True
-
-
-def start_logging(cfg: TrainConfig, model: UNet, stage: str, step: int) -> SummaryWriter:
-    """config.json and the TensorBoard writer (fails early when the folder is not writable). Events are
-    written from step + 1 on: readers drop whatever an earlier, interrupted run logged from there, so a
-    resumed run shows each step once. A fresh run (step 0) logs its configuration, as a text panel and
-    as hparams, and drops everything earlier in the folder."""
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.config), "stage": stage}
-    (output_dir / "config.json").write_text(json.dumps(config, indent=2))
-    writer = SummaryWriter(str(output_dir), purge_step=step + 1 if step else 0)
-    if not step:
-        text = json.dumps(config, indent=2)
-        writer.add_text("config", "    " + text.replace("\n", "\n    "), 0)   # indented: Markdown code
-        flat = {"stage": stage, **{f"model.{k}": v for k, v in config["model"].items()},
-                **{k: v for k, v in config["train"].items() if k != "loss"},
-                **{f"loss.{k}": v for k, v in config["train"]["loss"].items()}}
-        hparams = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in flat.items()}
-        metrics = dict.fromkeys(f"val/{k}" for k in ("mIoU", "pixel_accuracy", "subject_accuracy",
-                                                     "boundary_f_score", "loss"))
-        for summary in hparams_summary(hparams, metrics):   # in this run, not add_hparams' own sub-run
-            writer.file_writer.add_summary(summary, 0)
-    return writer
-
-
-def log_validation(writer: SummaryWriter, metrics: dict, panel, step: int, best: float, model: UNet,
-                   cfg: TrainConfig, stage: str) -> float:
-    """TensorBoard scalars (val/..., per-label IoU as val_iou/<label>) and panel, a console line, and
-    best.pt when mIoU improved."""
-    for k, v in metrics.items():
-        if k != "IoU":
-            writer.add_scalar(f"val/{k}", v, step)
-    for label, iou in metrics["IoU"].items():
-        if not math.isnan(iou):   # NaN: neither in the truth nor predicted
-            writer.add_scalar(f"val_iou/{label.replace(' ', '_')}", iou, step)
-    if panel is not None:
-        writer.add_image("val/panel", panel, step, dataformats="HWC")
-    shown = ("loss", "pixel_accuracy", "subject_accuracy", "mIoU", "boundary_f_score")
-    tqdm.write(f"step {step}: " + ", ".join(f"val {k} {metrics[k]:.4f}" for k in shown))
-    if metrics["mIoU"] <= best:
-        return best
-    save_atomic(weights_payload(model, cfg, stage, step, metrics), Path(cfg.output_dir) / "best.pt")
-    return metrics["mIoU"]
 
 
 def log_step(writer: SummaryWriter, bar: tqdm, step: int, parts: dict, lr: float, grad_norm: float,

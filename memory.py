@@ -430,18 +430,16 @@ def cuda_free_bytes(device: torch.device) -> int:
 def auto_micro_batch(per_process: int, device: torch.device, step: typing.Callable[[], StepMemory]
                      ) -> tuple[int, str]:
     """--batch_size auto: the largest divisor of `per_process` (images per process and step) whose
-    planned peak (`step()`, the StepMemory of this run's step) `fits` the free memory on CUDA;
-    CPU_MICRO_BATCH's rule elsewhere. Returns it and a line saying why; DoesNotFit when none does."""
+    planned peak (`step()`, the StepMemory of this run's step) `fits` the free memory on CUDA (0 where
+    not even 1 does); CPU_MICRO_BATCH's rule elsewhere. Returns it and a line saying why."""
     if device.type != "cuda":
         micro = max(b for b in divisors(per_process) if b <= CPU_MICRO_BATCH)
         return micro, f"{device.type}: at most {CPU_MICRO_BATCH} images a forward pass"
     planned, free = step(), cuda_free_bytes(device)
     micro = choose_micro_batch(free, planned, divisors(per_process))
-    why = (f"{free / GIB:.1f} GiB free on {torch.cuda.get_device_name(device)}; planned peak x "
-           f"{1 + MARGIN_FRACTION:.2f} + {MARGIN_BYTES / 2**20:.0f} MiB must fit, ")
-    if not micro:
-        raise DoesNotFit(f"{why} and micro-batch 1 plans {planned.figures(1)['peak'] / GIB:.2f} GiB")
-    return micro, why + f"micro-batch {micro} plans {planned.figures(micro)['peak'] / GIB:.2f} GiB"
+    return micro, (f"{free / GIB:.1f} GiB free on {torch.cuda.get_device_name(device)}, where a planned peak x "
+                   f"{1 + MARGIN_FRACTION:.2f} + {MARGIN_BYTES / 2**20:.0f} MiB must fit; micro-batch "
+                   f"{max(micro, 1)} plans {planned.figures(max(micro, 1))['peak'] / GIB:.2f} GiB")
 
 
 def out_of_memory_help(config: UNetConfig, gradient_checkpointing: bool) -> str:

@@ -66,11 +66,11 @@ class TrainConfig:
     # optimisation
     epochs: float = arg(12.0, "passes over the training images (fractions allowed)")
     max_steps: int = arg(0, "stop after this many optimizer steps (0 = run --epochs)")
-    batch_size: str = arg("auto", "images per forward pass on each process (the micro-batch), or auto: on CUDA "
-                          "the largest divisor of the images per process and step whose planned peak memory x "
-                          f"{1 + MARGIN_FRACTION:.1f} + {MARGIN_BYTES // 2**20} MiB fits the GPU's "
-                          "free memory (--plan shows the plan), on the CPU the largest up to "
-                          f"{CPU_MICRO_BATCH}. Out of memory halves it and repeats the step")
+    batch_size: str = arg("auto", "images per forward pass on each process (the micro-batch), or auto: the largest "
+                          "divisor of the images each process takes a step that fits; on CUDA, one whose planned "
+                          f"peak memory x {1 + MARGIN_FRACTION:.1f} + {MARGIN_BYTES // 2**20} MiB fits the GPU's free "
+                          f"memory (--plan shows the plan), on the CPU at most {CPU_MICRO_BATCH}. Out of memory "
+                          "halves it and repeats the step")
     effective_batch_size: int = arg(8, "images per optimizer step, over all processes (the published recipe: 64); "
                                     "the forward passes a step takes (gradient accumulation) follow from --batch_size")
     learning_rate: float = arg(1e-3, "peak learning rate (published: 1e-3 stage 1, 1e-4 later)")

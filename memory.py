@@ -462,8 +462,7 @@ def halve_micro_batch(size: int, what: str, config: UNetConfig, gradient_checkpo
     if size == 1:
         raise DoesNotFit(f"{what}: out of memory at micro-batch 1; {out_of_memory_help(config, gradient_checkpointing)}"
                          f". The last checkpoint stays in {checkpoints} (--resume latest continues from it)")
-    log.warning("%s: out of memory at micro-batch %d; repeated at micro-batch %d (kept from now on)", what, size,
-                (size + 1) // 2)
+    log.warning("%s: out of memory at micro-batch %d; repeated at micro-batch %d", what, size, (size + 1) // 2)
     return (size + 1) // 2
 
 

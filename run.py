@@ -59,9 +59,9 @@ from evaluate import (BOUNDARY_THRESHOLD, boundary_counts, boundary_f_score, con
 from images import prepare_batch
 from labels import LabelSet, load_label_set
 from losses import LossConfig, resolve_class_weights, segmentation_loss
-from memory import CPU_MICRO_BATCH, GIB, DoesNotFit
-from runstate import (Progress, finished, log_validation, resume_path, resume_progress, save_step_checkpoint,
-                      start_logging, training_state, weights_payload)
+from memory import DoesNotFit
+from runstate import (FEEDING_STEPS, Progress, finished, log_step, log_validation, report_feeding, resume_path,
+                      resume_progress, save_step_checkpoint, start_logging, training_state, weights_payload)
 from synthetic import write_synthetic_dataset
 from unet import (LEVELS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, model_from_checkpoint,
                   new_label_head, read_checkpoint, save_atomic, stage_parameters, swap_bottleneck, unwrap)
@@ -69,9 +69,6 @@ from unet import (LEVELS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_
 log = logging.getLogger("run")
 # The post-processing in the validation panel: evaluate.py's default, the released algorithm.
 VAL_POSTPROCESS = "published"
-# The first steps a process times to say whether the data loading keeps up, and the share of the step
-# spent waiting for data above which it warns.
-FEEDING_STEPS, FEEDING_WARNING = 20, 0.10
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -299,8 +296,8 @@ def to_device(batch: dict, model, device: torch.device) -> tuple[torch.Tensor, .
 # ---- validation --------------------------------------------------------------------------------
 
 @torch.no_grad()
-def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.device, autocast, d: Dist = Dist(),
-             batch_size: int = CPU_MICRO_BATCH) -> tuple[dict, np.ndarray | None]:
+def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.device, autocast, d: Dist,
+             batch_size: int) -> tuple[dict, np.ndarray | None]:
     """Validation figures over the whole set, each process scoring its share and the sums added up:
     the loss and its parts (per image), and from the summed counts pixel and subject accuracy,
     per-label IoU, mIoU and the boundary F-score (as evaluate.py computes them). On rank 0 also an
@@ -473,14 +470,7 @@ def train(cfg: TrainConfig) -> Path:
     dtype = pick_precision(cfg.mixed_precision, device)
     model, stage, ckpt = restore(cfg, device)
     cfg = dataclasses.replace(cfg, loss=resolve_class_weights(cfg.loss, model.label_set.labels, model.label_set.name))
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.set_gradient_checkpointing(cfg.gradient_checkpointing)
-    share_weights(model, d)
-    optimizer = make_optimizer(model, stage, cfg, device)
-    # fp16 loss scale: from torch's 2^16 the published model's first 5 steps overflowed (measured on the
-    # tiny preset's first steps), each a bad step; 2^11 was the first to fit
-    scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, enabled=dtype == torch.float16)
+    optimizer, scaler = prepare(model, stage, cfg, device, dtype, d)
     progress = resume_progress(ckpt, cfg, optimizer, scaler, device) if ckpt else Progress()
 
     train_set, val_set = make_datasets(cfg, model, d)
@@ -520,11 +510,12 @@ def train(cfg: TrainConfig) -> Path:
             parts = step_gradients(net, images, trained, progress, cfg, device, autocast, scaler, d)
             grad_norm, bad_steps = optimizer_step(optimizer, scaler, trained, parts, cfg, progress.step + 1, bad_steps)
             progress.step, progress.epoch_images = progress.step + 1, progress.epoch_images + len(step)
-            timings.append((len(step), time.perf_counter() - start, images.wait,
-                            torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None))
+            timing = (len(step), time.perf_counter() - start, images.wait,
+                      torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
+            timings += [timing] if len(timings) < FEEDING_STEPS else []
             if d.main:
-                log_step(writer, bar, progress.step, parts, lr, grad_norm, timings[-1])
-                if len(timings) == FEEDING_STEPS:
+                log_step(writer, bar, progress.step, parts, lr, grad_norm, timing)
+                if len(timings) == FEEDING_STEPS and timings[-1] is timing:
                     report_feeding(timings, cfg.num_workers, device)
 
             stopping = bool(all_sum(torch.tensor([stop.signal], device=device), d).item())
@@ -535,17 +526,37 @@ def train(cfg: TrainConfig) -> Path:
         else:
             progress.epoch, progress.epoch_images = progress.epoch + 1, 0
     bar.close()
+    finish(model, cfg, stage, progress, final, writer, val_set is not None, device, d)
+    return final
 
+
+def prepare(model: UNet, stage: str, cfg: TrainConfig, device: torch.device, dtype: torch.dtype | None,
+            d: Dist) -> tuple[torch.optim.AdamW, torch.amp.GradScaler]:
+    """The model set to train as the flags say (memory layout, gradient checkpointing; rank 0's weights
+    on every process), AdamW over the stage's parameters and the loss scaler (fp16 only)."""
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.set_gradient_checkpointing(cfg.gradient_checkpointing)
+    share_weights(model, d)
+    # fp16 loss scale: from torch's 2^16 the published model's first 5 steps overflowed (measured on the
+    # tiny preset's first steps), each a bad step; 2^11 was the first to fit
+    return make_optimizer(model, stage, cfg, device), torch.amp.GradScaler(
+        device.type, init_scale=2.0 ** 11, enabled=dtype == torch.float16)
+
+
+def finish(model: UNet, cfg: TrainConfig, stage: str, progress: Progress, final: Path, writer: SummaryWriter | None,
+           validated: bool, device: torch.device, d: Dist) -> None:
+    """The final weights (from rank 0), TensorBoard's file closed, a word where nothing was validated,
+    the process group left."""
     on_rank0(lambda: save_atomic(weights_payload(model, cfg, stage, progress.step, progress.metrics), final), d, device)
     if d.main:
         writer.close()
-        if val_set is None:   # a warning where validation was asked for
+        if not validated:   # a warning where validation was asked for
             why = "--val_fraction 0" if cfg.val_fraction == 0 else "the validation split is empty, see above"
             log.log(logging.INFO if cfg.val_fraction == 0 else logging.WARNING,
                     "not validated (%s): no best.pt; %s holds the last step's weights", why, final)
     if d.world > 1:
         dist.destroy_process_group()
-    return final
 
 
 def validate_and_save(model: UNet, optimizer, scaler, cfg: TrainConfig, stage: str, progress: Progress,
@@ -563,40 +574,6 @@ def validate_and_save(model: UNet, optimizer, scaler, cfg: TrainConfig, stage: s
                                           cfg.checkpoints_total_limit), d, device)
 
 
-def log_step(writer: SummaryWriter, bar: tqdm, step: int, parts: dict, lr: float, grad_norm: float,
-             timing: tuple[int, float, float, int | None]) -> None:
-    """A step's TensorBoard scalars (train/...) and the progress bar. timing: (images, seconds, seconds
-    spent waiting for data, peak CUDA memory in bytes or None)."""
-    images, seconds, wait, peak = timing
-    scalars = {**{k: v.item() for k, v in parts.items()}, "lr": lr, "grad_norm": grad_norm,
-               "img_per_s": images / seconds, "data_wait_share": wait / seconds}
-    if peak is not None:
-        scalars["peak_memory_gib"] = peak / GIB
-    for k, v in scalars.items():
-        writer.add_scalar(f"train/{k}", v, step)
-    bar.update(1)
-    bar.set_postfix(loss=f"{scalars['total']:.3f}", lr=f"{lr:.1e}", img_s=f"{scalars['img_per_s']:.1f}")
-
-
-def report_feeding(timings: list[tuple[int, float, float, int | None]], num_workers: int, device: torch.device) -> None:
-    """Whether the data loading keeps up, over this process's first FEEDING_STEPS steps but the first
-    (which sets up): images/s, the share of the time spent waiting for data and the peak memory
-    (CUDA), and a warning naming a --num_workers to try when the wait is over FEEDING_WARNING."""
-    images, seconds, wait = (sum(t[i] for t in timings[1:]) for i in range(3))
-    share = wait / seconds
-    peak = f", peak memory {max(t[3] for t in timings) / GIB:.2f} GiB" if device.type == "cuda" else ""
-    tqdm.write(f"steps 2-{len(timings)} of this run: {images / seconds:.1f} images/s, "
-               f"{share:.0%} of the time waiting for data{peak}")
-    if share > FEEDING_WARNING:
-        # loading a step takes num_workers x the step time in one worker (the main process: the wait);
-        # workers enough to load it in the time the step computes, with a quarter to spare
-        needed = (num_workers or share) / (1 - share)
-        suggestion = max(num_workers + 1, math.ceil(1.25 * needed))
-        log.warning("the %s waits for data %.0f%% of the time: try --num_workers %d (now %d; this machine has "
-                    "%d CPU cores)", "GPU" if device.type == "cuda" else "training", 100 * share, suggestion,
-                    num_workers, os.cpu_count() or 1)
-
-
 def print_plan(cfg: TrainConfig) -> None:
     """--plan: the memory plan of the run these flags describe (its model built on the meta device, no
     weights allocated), printed and with --plan_json written."""
@@ -606,9 +583,10 @@ def print_plan(cfg: TrainConfig) -> None:
     loss = resolve_class_weights(cfg.loss, model.label_set.labels, model.label_set.name)
     mc = model.config
     result = memory.plan(mc, stage, mc.image_size, cfg.gradient_checkpointing, loss)
-    levels = " ".join(map(str, mc.local_attention_levels)) or "none"
-    print(f"{cfg.pretrained_model_path or 'preset ' + cfg.preset}: {mc.bottleneck} bottleneck, local attention on "
-          f"levels {levels}, stage {stage!r} at {mc.image_size}x{mc.image_size}, gradient checkpointing "
+    levels = f"local attention on levels {' '.join(map(str, mc.local_attention_levels))}" \
+        if mc.local_attention_levels else "no local attention"
+    print(f"{cfg.pretrained_model_path or 'preset ' + cfg.preset}: {mc.bottleneck} bottleneck, {levels}, "
+          f"stage {stage!r} at {mc.image_size}x{mc.image_size}, gradient checkpointing "
           f"{'on' if cfg.gradient_checkpointing else 'off'}\n{memory.format_plan(result)}\n"
           "not planned: torch.compile (usually less); --batch_size auto fits the memory CUDA reports free")
     if cfg.plan_json:

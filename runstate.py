@@ -1,12 +1,14 @@
 """A training run's state and what it writes: where it stands (`Progress`), the step checkpoints that
 hold it (written atomically, the oldest pruned, the newest found again) and a resume from one, best.pt
-and the final weights, config.json and the TensorBoard writer. The training loop is run.py's."""
+and the final weights, config.json, TensorBoard's record of each step and validation, and whether the
+data loading keeps up (`report_feeding`). The training loop is run.py's."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +19,13 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
 from config import TrainConfig
+from memory import GIB
 from unet import UNet, model_checkpoint, read_checkpoint, save_atomic
 
 log = logging.getLogger("run")
+# The first steps a process times to say whether the data loading keeps up, and the share of the time
+# spent waiting for data above which it warns.
+FEEDING_STEPS, FEEDING_WARNING = 20, 0.10
 
 
 @dataclass
@@ -155,3 +161,37 @@ def log_validation(writer: SummaryWriter, metrics: dict, panel, step: int, best:
         return best
     save_atomic(weights_payload(model, cfg, stage, step, metrics), Path(cfg.output_dir) / "best.pt")
     return metrics["mIoU"]
+
+
+def log_step(writer: SummaryWriter, bar: tqdm, step: int, parts: dict, lr: float, grad_norm: float,
+             timing: tuple[int, float, float, int | None]) -> None:
+    """A step's TensorBoard scalars (train/...) and the progress bar. timing: (images, seconds, seconds
+    spent waiting for data, peak CUDA memory in bytes or None)."""
+    images, seconds, wait, peak = timing
+    scalars = {**{k: v.item() for k, v in parts.items()}, "lr": lr, "grad_norm": grad_norm,
+               "img_per_s": images / seconds, "data_wait_share": wait / seconds}
+    if peak is not None:
+        scalars["peak_memory_gib"] = peak / GIB
+    for k, v in scalars.items():
+        writer.add_scalar(f"train/{k}", v, step)
+    bar.update(1)
+    bar.set_postfix(loss=f"{scalars['total']:.3f}", lr=f"{lr:.1e}", img_s=f"{scalars['img_per_s']:.1f}")
+
+
+def report_feeding(timings: list[tuple[int, float, float, int | None]], num_workers: int, device: torch.device) -> None:
+    """Whether the data loading keeps up, over this process's first FEEDING_STEPS steps but the first
+    (which sets up): images/s, the share of the time spent waiting for data and the peak memory
+    (CUDA), and a warning naming a --num_workers to try when the wait is over FEEDING_WARNING."""
+    images, seconds, wait = (sum(t[i] for t in timings[1:]) for i in range(3))
+    share = wait / seconds
+    peak = f", peak memory {max(t[3] for t in timings) / GIB:.2f} GiB" if device.type == "cuda" else ""
+    tqdm.write(f"steps 2-{len(timings)} of this run: {images / seconds:.1f} images/s, "
+               f"{share:.0%} of the time waiting for data{peak}")
+    if share > FEEDING_WARNING:
+        # loading a step takes num_workers x the step time in one worker (the main process: the wait);
+        # workers enough to load it in the time the step computes, with a quarter to spare
+        needed = (num_workers or share) / (1 - share)
+        suggestion = max(num_workers + 1, math.ceil(1.25 * needed))
+        log.warning("the %s waits for data %.0f%% of the time: try --num_workers %d (now %d; this machine has "
+                    "%d CPU cores)", "GPU" if device.type == "cuda" else "training", 100 * share, suggestion,
+                    num_workers, os.cpu_count() or 1)

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import memory
 import predict
 import run
 from synthetic import write_synthetic_dataset
@@ -164,9 +163,9 @@ def test_validation_out_of_memory_halves_its_batch(data_dir, monkeypatch):
     _, val_set = run.make_datasets(cfg, model, run.Dist())
     assert len(val_set) >= 3
     cpu, fp32 = torch.device("cpu"), torch.autocast("cpu", enabled=False)
-    whole, _ = run.validate(model, val_set, cfg, cpu, fp32, batch_size=1)
+    whole, _ = run.validate(model, val_set, cfg, cpu, fp32, run.Dist(), 1)
     out_of_memory_above(monkeypatch, 1)
-    halved, _ = run.validate(model, val_set, cfg, cpu, fp32, batch_size=4)
+    halved, _ = run.validate(model, val_set, cfg, cpu, fp32, run.Dist(), 4)
     assert halved["mIoU"] == whole["mIoU"] and halved["IoU"] == whole["IoU"]
     assert halved["loss"] == pytest.approx(whole["loss"], rel=1e-6)
 

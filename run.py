@@ -79,6 +79,11 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flags(parser, TrainConfig)
     add_flags(parser, LossConfig)
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a.split("=")[0] == "--gradient_accumulation_steps" for a in argv):   # the flag of earlier versions
+        parser.error("--gradient_accumulation_steps is gone: give the images per optimizer step, "
+                     "--effective_batch_size (batch x accumulation x processes, 64 in the recipe); the "
+                     "forward passes follow from --batch_size")
     given = vars(parser.parse_args(argv))
     loss_names = {f.name for f in dataclasses.fields(LossConfig)}
     try:
@@ -512,10 +517,11 @@ def train(cfg: TrainConfig) -> Path:
             progress.step, progress.epoch_images = progress.step + 1, progress.epoch_images + len(step)
             timing = (len(step), time.perf_counter() - start, images.wait,
                       torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
-            timings += [timing] if len(timings) < FEEDING_STEPS else []
             if d.main:
                 log_step(writer, bar, progress.step, parts, lr, grad_norm, timing)
-                if len(timings) == FEEDING_STEPS and timings[-1] is timing:
+            if len(timings) < FEEDING_STEPS:      # this process's first steps say whether the data keeps up
+                timings.append(timing)
+                if len(timings) == FEEDING_STEPS and d.main:
                     report_feeding(timings, cfg.num_workers, device)
 
             stopping = bool(all_sum(torch.tensor([stop.signal], device=device), d).item())

@@ -182,7 +182,8 @@ def test_learning_rate_schedule():
     (["--batch_size", "0"], "--batch_size must be at least 1"),
     (["--batch_size", "many"], "--batch_size must be at least 1, or auto"),
     (["--batch_size", "16"], "--batch_size 16 is more than the --effective_batch_size of 8 images a step"),
-    (["--gradient_accumulation_steps", "2"], "unrecognized arguments"),   # follows from --effective_batch_size
+    (["--gradient_accumulation_steps", "2"], "--gradient_accumulation_steps is gone: give the images per optimizer "
+                                             "step, --effective_batch_size"),   # an earlier version's flag
     (["--plan_json", "plan.json"], "--plan_json goes with --plan"),
     (["--mixed_precision", "fp8"], "invalid choice: 'fp8'"),
     (["--class_weights", "1", "2"], "class_weights needs 24 values"),

@@ -25,8 +25,13 @@ give every micro-batch's figures exactly (`StepMemory`; tests/test_memory_plan.p
 Not planned: what kernels allocate inside (cuDNN's and cuBLAS's workspaces come from the same
 allocator; on the CPU, the real allocator's peak measured 0.3-6% above this count), large blocks
 the allocator hands out whole though up to 1 MiB larger than asked, its fragmentation and the CUDA
-context. `fits` leaves a margin for them; `--batch_size auto` (`choose_micro_batch`) and the plan's
-`largest_fitting` use the same one.
+context. `fits` leaves a margin for them; `--batch_size auto` (`auto_micro_batch`) and the plan's
+`largest_fitting` use the same one. Not planned either: torch.compile (usually less memory) and
+the validation forward (no gradients, far below a training step); --channels_last keeps the sizes.
+
+Also here: what run.py does when a step runs out of memory after all (`out_of_memory_help`,
+`halve_micro_batch`), and the plan as `python run.py --plan` prints and writes it (`format_plan`,
+`write_plan`).
 """
 from __future__ import annotations
 
@@ -34,8 +39,13 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import json
+import logging
+import os
+import typing
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -62,6 +72,7 @@ MARGIN_BYTES = 512 * 2 ** 20
 CARD_ALLOWANCE_BYTES = GIB
 CARDS_GB = (16, 24, 40, 80)
 CLIP_NORM = 1.0                      # run.py's default --max_grad_norm; clipping allocates scalars only
+log = logging.getLogger("run")
 
 
 def card_free_bytes(gigabytes: int) -> int:
@@ -397,6 +408,64 @@ def choose_micro_batch(free_bytes: int, step: StepMemory, candidates: tuple[int,
     return max((b for b in candidates if fits(step.figures(b)["peak"], free_bytes)), default=0)
 
 
+def divisors(n: int) -> tuple[int, ...]:
+    return tuple(b for b in range(1, n + 1) if n % b == 0)
+
+
+# --batch_size auto on the CPU, where no plan applies (a CPU run takes what the process can get): the
+# largest divisor of the images per process and step up to this, run.py's batch before `auto`
+CPU_MICRO_BATCH = 8
+
+
+class DoesNotFit(RuntimeError):
+    """Not even a micro-batch of one image fits the GPU."""
+
+
+def cuda_free_bytes(device: torch.device) -> int:
+    """The memory a training step on this CUDA device may take: what the driver reports free plus what
+    this process's caching allocator holds (the model already there: the plan's peak counts it)."""
+    return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
+
+
+def auto_micro_batch(per_process: int, device: torch.device, step: typing.Callable[[], StepMemory]
+                     ) -> tuple[int, str]:
+    """--batch_size auto: the largest divisor of `per_process` (images per process and step) whose
+    planned peak (`step()`, the StepMemory of this run's step) `fits` the free memory on CUDA (0 where
+    not even 1 does); CPU_MICRO_BATCH's rule elsewhere. Returns it and a line saying why."""
+    if device.type != "cuda":
+        micro = max(b for b in divisors(per_process) if b <= CPU_MICRO_BATCH)
+        return micro, f"{device.type}: at most {CPU_MICRO_BATCH} images a forward pass"
+    planned, free = step(), cuda_free_bytes(device)
+    micro = choose_micro_batch(free, planned, divisors(per_process))
+    return micro, (f"{free / GIB:.1f} GiB free on {torch.cuda.get_device_name(device)}, where a planned peak x "
+                   f"{1 + MARGIN_FRACTION:.2f} + {MARGIN_BYTES / 2**20:.0f} MiB must fit; micro-batch "
+                   f"{max(micro, 1)} plans {planned.figures(max(micro, 1))['peak'] / GIB:.2f} GiB")
+
+
+def out_of_memory_help(config: UNetConfig, gradient_checkpointing: bool) -> str:
+    """What would let a run that does not fit at micro-batch 1 fit."""
+    ways = [] if gradient_checkpointing else ["--gradient_checkpointing (a 20-25% lower peak)"]
+    if config.local_attention_levels:
+        ways.append(f"fewer --local_attention_levels than {' '.join(map(str, config.local_attention_levels))}")
+    ways += ["a smaller preset", f"a smaller --image_size than {config.image_size}", "a GPU with more memory"]
+    return "what would help: " + "; ".join(ways) + " (python run.py --plan with the same flags shows each one's peak)"
+
+
+def halve_micro_batch(size: int, what: str, config: UNetConfig, gradient_checkpointing: bool, device: torch.device,
+                      checkpoints: Path) -> int:
+    """After `what` (a training step, validation) ran out of memory at micro-batch `size`: memory
+    released (what the error held collected, the cached blocks handed back) and half the micro-batch,
+    rounded up, logged; DoesNotFit, saying what would help, where it was 1 already."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if size == 1:
+        raise DoesNotFit(f"{what}: out of memory at micro-batch 1; {out_of_memory_help(config, gradient_checkpointing)}"
+                         f". The last checkpoint stays in {checkpoints} (--resume latest continues from it)")
+    log.warning("%s: out of memory at micro-batch %d; repeated at micro-batch %d", what, size, (size + 1) // 2)
+    return (size + 1) // 2
+
+
 def plan(config: UNetConfig, stage: str = "all", image_size: int | None = None,
          gradient_checkpointing: bool = False, loss: LossConfig | None = None,
          precisions: tuple[str, ...] = PRECISIONS) -> dict:
@@ -443,3 +512,15 @@ def format_plan(result: dict) -> str:
     for p in precisions:
         lines.append(f"{p:>11}" + "".join(f"{result['largest_fitting'][p][str(gb)]:>9}" for gb in CARDS_GB))
     return "\n".join(lines)
+
+
+def write_plan(result: dict, path: Path) -> None:
+    """The plan as JSON, written to a temporary file and renamed: never half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"could not write {path} ({e.strerror or e})") from e

@@ -2,6 +2,7 @@
 
     python run.py                      # demo: draws a synthetic data set, trains `tiny` on the CPU
     python run.py --data_dir DIR --preset 512_96 --bottleneck simple ...   # see README.md
+    python run.py --plan --preset 512_96 [--plan_json plan.json]   # the GPU memory a step needs, then exit
 
 Stages (each starts from --pretrained_model_path: weights only, fresh optimizer):
   1. from scratch, usually with --bottleneck simple     trains everything
@@ -11,6 +12,11 @@ Stages (each starts from --pretrained_model_path: weights only, fresh optimizer)
   5. --model_use_local_attention                       trains everything, local attention on
 --resume latest|PATH instead restores a whole run (optimizer, step, data position, RNG) and
 continues it as if it had never stopped.
+
+Each optimizer step takes --effective_batch_size images (over all processes), in forward passes of
+--batch_size images per process (the micro-batch; `auto` picks the largest that memory.py plans to
+fit the GPU). A step that runs out of memory is repeated on the same images at half the micro-batch,
+which the run keeps from then on (its checkpoints too).
 
 Every flag comes from a field of `TrainConfig` (or losses.LossConfig), where its default is
 written once. Outputs in --output_dir: checkpoints/step-*.pt (the last --checkpoints_total_limit),
@@ -22,156 +28,62 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import logging
 import math
 import os
-import re
 import shlex
 import shutil
-import signal
 import sys
 import time
-import typing
+import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
+import memory
 import postprocess
+from config import (LOCAL_ATTENTION_MAX_SIDE, SYNTHETIC_DIR, TrainConfig, add_flags, check_config,
+                    keeps_freed_memory)
 from dataset import LAYOUTS, EmptySplitError, FashionDataset, get_layout
-from device import PRECISIONS, keep_freed_memory, pick_device, pick_precision
+from device import (Dist, StopRequest, all_min, all_sum, on_rank0, pick_precision, setup, share_weights,
+                    sum_gradients)
 from evaluate import (BOUNDARY_THRESHOLD, boundary_counts, boundary_f_score, confusion_matrix, draw_panel,
                       iou_per_label, mean_iou, pixel_accuracy, subject_accuracy)
 from images import prepare_batch
-from labels import DEFAULT_LABELS, LabelSet, load_label_set, shipped_names
+from labels import LabelSet, load_label_set
 from losses import LossConfig, resolve_class_weights, segmentation_loss
+from memory import DoesNotFit
+from runstate import (FEEDING_STEPS, Progress, finished, log_step, log_validation, report_feeding, resume_path,
+                      resume_progress, save_step_checkpoint, start_logging, training_state, weights_payload)
 from synthetic import write_synthetic_dataset
-from unet import (LEVELS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, model_checkpoint,
-                  model_from_checkpoint, new_label_head, read_checkpoint, save_atomic, stage_parameters,
-                  swap_bottleneck, unwrap)
+from unet import (LEVELS, PRESETS, CheckpointError, UNet, UNetConfig, add_local_attention, model_from_checkpoint,
+                  new_label_head, read_checkpoint, save_atomic, stage_parameters, swap_bottleneck, unwrap)
 
 log = logging.getLogger("run")
-SYNTHETIC_DIR = "data/synthetic"
-# Local attention costs most in the shallow, high-resolution levels; the paper keeps it to the three
-# deepest at 512x512, the levels whose maps are at most this wide.
-LOCAL_ATTENTION_MAX_SIDE = 128
 # The post-processing in the validation panel: evaluate.py's default, the released algorithm.
 VAL_POSTPROCESS = "published"
 
 
-def arg(default, help: str, **kwargs):
-    """A dataclass field that also describes its command-line flag."""
-    return field(default=default, metadata={"help": help, **kwargs})
-
-
-@dataclass
-class TrainConfig:
-    # data
-    data_dir: str = arg(SYNTHETIC_DIR, "data set root (DeepFashion-MultiModal: images/, segm/); the default "
-                        "synthetic folder is drawn on first use")
-    data_layout: str = arg("deepfashion-mm", "how --data_dir keeps photos and masks: deepfashion-mm, lip, cihp, "
-                           "atr, or folders (images/ + masks/ named by --mask_pattern); README 'Label sets'",
-                           choices=list(LAYOUTS))
-    mask_pattern: str = arg("", "a photo's mask file name in masks/, {stem} the photo's name without its "
-                            "suffix (--data_layout folders; default: {stem}.png)")
-    labels: str = arg("", "label set of the masks and the model: a shipped name (" + ", ".join(shipped_names())
-                      + ") or a JSON file (default: lip, cihp and atr layouts their own; else the "
-                      "--pretrained_model_path checkpoint's, else deepfashion-mm); a checkpoint of another "
-                      "label set fine-tunes with a fresh label head")
-    synthetic_images: int = arg(240, "images to draw when the synthetic data set is made")
-    test_split: str = arg("", "file naming the test images (default: the layout's: the published 1,270 for "
-                          "deepfashion-mm, the data set's own test part for lip and cihp, else a hash)")
-    test_fraction: float = arg(0.1, "share of the images in the hashed test split of a data set without "
-                               "its own (atr, folders)")
-    val_fraction: float = arg(0.05, "share of the non-test images held out for validation (whole outfits, "
-                                      "by a hash of the name)")
-    color_jitter: float = arg(0.1, "colour jitter strength for training samples (0 = off)")
-    skip_bad_samples: bool = arg(False, "skip and report unreadable or invalid samples instead of stopping")
-    num_workers: int = arg(2, "data-loading processes")
-    # model and stage
-    preset: str = arg("tiny", "architecture when training from scratch", choices=sorted(PRESETS))
-    image_size: int = arg(0, "training resolution (0 = the preset's)")
-    bottleneck: str = arg("", "bottleneck when training from scratch (default: the preset's)",
-                          choices=["", "simple", "attention"])
-    pretrained_model_path: str = arg("", "start from these weights (fresh optimizer)")
-    upgrade_bottleneck: bool = arg(False, "swap in a fresh attention bottleneck and train only it")
-    upgrade_local_attention: bool = arg(False, "add local attention and train only it")
-    model_use_local_attention: bool = arg(False, "train everything with local attention on "
-                                                 "(added where the model lacks it)")
-    local_attention_levels: tuple[int, ...] = arg((), "decoder levels for local attention, 0 = full "
-                                                      "resolution, 4 the deepest (default: the levels at most "
-                                                      f"{LOCAL_ATTENTION_MAX_SIDE} px wide at the model's size: "
-                                                      "2 3 4 at 512, as the paper suggests; all at 128)")
-    # optimisation
-    epochs: float = arg(12.0, "passes over the training images (fractions allowed)")
-    max_steps: int = arg(0, "stop after this many optimizer steps (0 = run --epochs)")
-    batch_size: int = arg(8, "images per forward pass")
-    gradient_accumulation_steps: int = arg(1, "forward passes per optimizer step")
-    learning_rate: float = arg(1e-3, "peak learning rate (published: 1e-3 stage 1, 1e-4 later)")
-    lr_scheduler: str = arg("cosine", "decay after warm-up", choices=["constant", "linear", "cosine"])
-    warmup_steps: int = arg(20, "optimizer steps of linear warm-up")
-    min_lr_ratio: float = arg(0.1, "final learning rate as a fraction of the peak (linear/cosine)")
-    weight_decay: float = arg(0.0, "AdamW weight decay on conv weights (published: Adam, none)")
-    max_grad_norm: float = arg(1.0, "gradient clipping norm (0 = off)")
-    max_bad_steps: int = arg(10, "stop after this many steps in a row with a non-finite loss or gradient")
-    mixed_precision: str = arg("auto", "autocast dtype: auto = bf16 on GPUs that run it natively (Ampere and "
-                               "newer), fp16 with a loss scaler on older ones (T4, V100), fp32 on the CPU",
-                               choices=list(PRECISIONS))
-    channels_last: bool = arg(False, "train channels-last (measured no faster on the CPU, bench.py; on CUDA "
-                              "GroupNorm has no channels-last kernel)")
-    keep_freed_memory: str = arg("auto", "on the CPU (glibc), keep memory a step frees for the next instead of "
-                                 "returning it to the system: steps measured 1.3-2.1x as fast for 7-20%% more "
-                                 "peak memory; auto = on unless --gradient_checkpointing",
-                                 choices=["auto", "on", "off"])
-    gradient_checkpointing: bool = arg(False, "recompute activations: less memory, more time")
-    compile: bool = arg(False, "torch.compile the model")
-    seed: int = arg(0, "seed for initialisation and data order")
-    device: str = arg("auto", "cpu, cuda, cuda:N or auto")
-    # outputs
-    output_dir: str = arg("checkpoints/tiny", "folder for checkpoints, logs and the final weights")
-    output_file_name: str = arg("model.pt", "final weights, inside --output_dir")
-    resume: str = arg("", "'latest' (newest checkpoint in --output_dir, if any) or a checkpoint path")
-    checkpointing_steps: int = arg(100, "validate and save a checkpoint every N optimizer steps")
-    checkpoints_total_limit: int = arg(2, "step checkpoints kept (best.pt and the final weights aside)")
-    val_panels: int = arg(4, "validation images shown in TensorBoard")
-    loss: LossConfig = field(default_factory=LossConfig)
-
-
 # ---- command line ------------------------------------------------------------------------------
-
-def _add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if "help" not in f.metadata:
-            continue
-        kind, extra = hints[f.name], {}
-        if typing.get_origin(kind) is tuple:
-            extra = dict(nargs="*", type=typing.get_args(kind)[0])
-        elif kind is bool:
-            extra = dict(action=argparse.BooleanOptionalAction)
-        else:
-            extra = dict(type=kind)
-        default = f.default if f.default != "" else "none"
-        parser.add_argument(f"--{f.name}", help=f"{f.metadata['help']} (default: {default})",
-                            choices=f.metadata.get("choices"), **extra)
-
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     """Flags -> TrainConfig. Only given flags are set, so dataclass defaults are the only ones."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_flags(parser, TrainConfig)
-    _add_flags(parser, LossConfig)
+    add_flags(parser, TrainConfig)
+    add_flags(parser, LossConfig)
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a.split("=")[0] == "--gradient_accumulation_steps" for a in argv):   # the flag of earlier versions
+        parser.error("--gradient_accumulation_steps is gone: give the images per optimizer step, "
+                     "--effective_batch_size (batch x accumulation x processes, 64 in the recipe); the "
+                     "forward passes follow from --batch_size")
     given = vars(parser.parse_args(argv))
     loss_names = {f.name for f in dataclasses.fields(LossConfig)}
     try:
@@ -181,106 +93,6 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     except ValueError as e:
         parser.error(str(e))
     return cfg
-
-
-def check_config(cfg: TrainConfig, given: dict) -> None:
-    """Reject flag combinations that cannot mean what the user wants."""
-    stages = [s for s in ("upgrade_bottleneck", "upgrade_local_attention", "model_use_local_attention")
-              if getattr(cfg, s)]
-    if len(stages) > 1:
-        raise ValueError(f"choose one stage: --{' and --'.join(stages)} conflict")
-    if stages and not cfg.pretrained_model_path:
-        raise ValueError(f"--{stages[0]} upgrades a trained model: give --pretrained_model_path")
-    if cfg.pretrained_model_path and {"preset", "bottleneck"} & set(given):
-        raise ValueError("--preset/--bottleneck build a model from scratch; with --pretrained_model_path "
-                         "the architecture comes from the checkpoint")
-    if cfg.local_attention_levels and not (cfg.upgrade_local_attention or cfg.model_use_local_attention):
-        raise ValueError("--local_attention_levels goes with --upgrade_local_attention or "
-                         "--model_use_local_attention")
-    for name in ("batch_size", "gradient_accumulation_steps", "checkpointing_steps", "checkpoints_total_limit"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name} must be at least 1")
-    layout = get_layout(cfg.data_layout, cfg.mask_pattern)
-    if cfg.mask_pattern and cfg.data_layout != "folders":
-        raise ValueError("--mask_pattern names the masks of --data_layout folders")
-    # the class weights' count, wherever the label set is known without reading a file
-    known = cfg.labels or layout.labels or ("" if cfg.pretrained_model_path else DEFAULT_LABELS)
-    if known in shipped_names():
-        label_set = load_label_set(known)
-        resolve_class_weights(cfg.loss, label_set.labels, label_set.name)
-    if cfg.max_steps < 0 or cfg.epochs <= 0 and not cfg.max_steps:
-        raise ValueError("give a positive --epochs or --max_steps")
-
-
-# ---- processes and signals ---------------------------------------------------------------------
-
-class Dist(typing.NamedTuple):
-    """This process's place in a torchrun job (rank 0 of 1 for plain `python run.py`)."""
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup(cfg: TrainConfig) -> tuple[Dist, torch.device]:
-    """Join the torchrun process group when there is one (NCCL on CUDA, Gloo on the CPU)."""
-    device = pick_device(cfg.device)
-    keep = cfg.keep_freed_memory == "on" or cfg.keep_freed_memory == "auto" and not cfg.gradient_checkpointing
-    if keep and keep_freed_memory(device):
-        log.info("CPU: memory a step frees is kept for the next (--keep_freed_memory)")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True            # fixed input sizes: pick the fastest convolutions
-        torch.set_float32_matmul_precision("high")       # TF32 for what runs in fp32
-    world = int(os.environ.get("WORLD_SIZE", "1"))   # set by torchrun
-    if world == 1:
-        return Dist(), device
-    if device.type == "cuda":
-        device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}")
-        torch.cuda.set_device(device)
-    # rank 0 alone writes (and fsyncs) checkpoints of up to ~1.7 GB while the others wait
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30))
-    return Dist(dist.get_rank(), world), device
-
-
-def on_rank0(fn: typing.Callable[[], typing.Any], d: Dist, device: torch.device):
-    """fn() on rank 0 (checkpoints, logs), its failure made every process's: the others would
-    otherwise wait for rank 0 in the next collective until the watchdog kills them. Returns fn's
-    result on rank 0, None on the others."""
-    result, error = None, None
-    if d.main:
-        try:
-            result = fn()
-        except Exception as e:   # noqa: BLE001  (re-raised below, on every rank)
-            error = e
-    if d.world > 1 and bool(all_sum(torch.tensor([error is not None], device=device, dtype=torch.int32), d).item()):
-        if error is None:
-            raise SystemExit(f"rank {d.rank}: rank 0 failed writing its outputs (see its error); stopping")
-    if error is not None:
-        raise error
-    return result
-
-
-def all_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.world > 1:
-        dist.all_reduce(t)
-    return t
-
-
-class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so it can save first."""
-
-    def __init__(self):
-        self.signal = 0
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.signal:            # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.signal = signum
-        tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping")
 
 
 # ---- model, stage and optimizer ----------------------------------------------------------------
@@ -361,63 +173,82 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     return cfg.learning_rate * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay)
 
 
-def epoch_windows(num_images: int, cfg: TrainConfig, epoch: int, world: int = 1) -> list[list[list[int]]]:
-    """An epoch as optimizer steps, each a list of micro-batches of image indices (over all
-    `world` processes: process r takes batch[r::world]).
+def epoch_windows(num_images: int, cfg: TrainConfig, epoch: int) -> list[list[int]]:
+    """An epoch as optimizer steps, each a list of --effective_batch_size image indices (over all
+    processes; `my_micro_batches` splits a step into this process's forward passes).
 
-    The order depends only on (seed, epoch), so a resumed run sees the same batches. The last
-    step of an epoch may hold fewer micro-batches (and its last one fewer images): it is kept.
+    The order depends only on (seed, epoch), so a resumed run sees the same steps, whatever its
+    micro-batch. The last step of an epoch may hold fewer images: it is kept.
     """
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
     order = torch.randperm(num_images, generator=g).tolist()
-    size = cfg.batch_size * world
-    batches = [order[i:i + size] for i in range(0, num_images, size)]
-    k = cfg.gradient_accumulation_steps
-    return [batches[i:i + k] for i in range(0, len(batches), k)]
+    size = cfg.effective_batch_size
+    return [order[i:i + size] for i in range(0, num_images, size)]
 
 
-# ---- checkpoints -------------------------------------------------------------------------------
+def my_micro_batches(step: list[int], d: Dist, size: int) -> tuple[list[list[int]], list[float]]:
+    """This process's part of a step (step[rank::world]) in micro-batches of `size`, and each one's
+    share of the step's images over all processes: weighting each loss by it makes the summed gradient
+    the mean over the step's images however they were split (an uneven last step included).
 
-def step_checkpoints(output_dir: Path) -> list[Path]:
-    """step-*.pt files, oldest first."""
-    found = [(int(m.group(1)), p) for p in (output_dir / "checkpoints").glob("step-*.pt")
-             if (m := re.fullmatch(r"step-(\d+)\.pt", p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def resume_path(cfg: TrainConfig) -> Path | None:
-    if cfg.resume != "latest":
-        return Path(cfg.resume) if cfg.resume else None
-    found = step_checkpoints(Path(cfg.output_dir))
-    if not found:
-        log.info("--resume latest: no checkpoint in %s/checkpoints yet, starting fresh", cfg.output_dir)
-    return found[-1] if found else None
+    A process left with nothing (a step of fewer images than processes) runs one image with share 0,
+    so that its loss parts and gradients exist for the exchange.
+    """
+    mine = step[d.rank::d.world]
+    if not mine:
+        return [step[:1]], [0.0]
+    batches = [mine[i:i + size] for i in range(0, len(mine), size)]
+    return batches, [len(b) / len(step) for b in batches]
 
 
-def weights_payload(model, cfg: TrainConfig, stage: str, step: int, metrics: dict) -> dict:
-    """best.pt and the final weights: the model, how it was trained, and its validation figures."""
-    return {**model_checkpoint(model), "train_config": dataclasses.asdict(cfg), "stage": stage,
-            "step": step, "val": metrics}
+# ---- starting or resuming ----------------------------------------------------------------------
+
+def restore(cfg: TrainConfig, device: torch.device):
+    """The model, its stage and the checkpoint to resume (None when starting a stage)."""
+    resume = resume_path(cfg)
+    if not resume:
+        model, stage = build_model(cfg)
+        return model.to(device), stage, None
+    ckpt = read_checkpoint(resume)
+    if "optimizer" not in ckpt:
+        raise CheckpointError(f"{resume}: holds weights only, not a training state to resume; "
+                              "start a new stage from it with --pretrained_model_path")
+    model = model_from_checkpoint(ckpt, str(resume))
+    if run_label_set(cfg, model.label_set).labels != model.label_set.labels:
+        raise CheckpointError(f"{resume}: a run of label set {model.label_set.name}; this one's is "
+                              f"{run_label_set(cfg, model.label_set).name} (--labels / --data_layout)")
+    log.info("resuming %s at step %d (epoch %d)", resume, ckpt["step"], ckpt["epoch"])
+    return model.to(device), ckpt["stage"], ckpt
 
 
-def training_state(model, optimizer, scaler, cfg: TrainConfig, stage: str, step: int, epoch: int,
-                   epoch_images: int, step_images: int, best: float, metrics: dict) -> dict:
-    """Everything needed to continue the run exactly, and the last validation figures (which a resumed
-    run hands on to its final weights); plain data for weights_only loading."""
-    return {**weights_payload(model, cfg, stage, step, metrics),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-            "epoch_images": epoch_images, "step_images": step_images, "best_miou": best,
-            "rng": {"torch": torch.get_rng_state()}}
-
-
-def save_step_checkpoint(state: dict, output_dir: Path, limit: int) -> Path:
-    path = output_dir / "checkpoints" / f"step-{state['step']:07d}.pt"
-    save_atomic(state, path)
-    for old in step_checkpoints(output_dir)[:-limit]:   # only after the new one is safely written
-        old.write_bytes(b"")    # cut first: Google Drive keeps deleted files in its trash at full size
-        # (best.pt and the final weights are replaced by a rename, without the cut)
-        old.unlink()
-    return path
+def pick_micro_batch(cfg: TrainConfig, model: UNet, stage: str, dtype, device: torch.device, d: Dist,
+                     progress: Progress) -> int:
+    """The micro-batch the run starts with, the same on every process (the smallest choice): --batch_size,
+    or for auto memory.auto_micro_batch; no larger than where running out of memory left a resumed run.
+    Logged with the reason; DoesNotFit (saying what would help) when not even 1 fits."""
+    if cfg.effective_batch_size % d.world:
+        raise ValueError(f"--effective_batch_size {cfg.effective_batch_size} does not split evenly over "
+                         f"{d.world} processes")
+    per_process = cfg.effective_batch_size // d.world
+    if cfg.batch_size == "auto":
+        precision = {v: k for k, v in memory.AUTOCAST_DTYPES.items()}[dtype]
+        micro, why = memory.auto_micro_batch(per_process, device, lambda: memory.step_memory(
+            model.config, stage, model.config.image_size, precision, cfg.gradient_checkpointing, cfg.loss))
+    else:
+        micro, why = int(cfg.batch_size), "--batch_size"
+    if micro > per_process:
+        raise ValueError(f"--batch_size {micro} is more than the {per_process} images each of {d.world} "
+                         f"process(es) takes a step (--effective_batch_size {cfg.effective_batch_size})")
+    if progress.out_of_memory and progress.out_of_memory[-1][1] < micro:
+        at, micro = progress.out_of_memory[-1]
+        why = f"the checkpoint's, since running out of memory at step {at}"
+    micro = all_min(micro, d, device)
+    if not micro:
+        raise DoesNotFit(f"not even micro-batch 1 fits ({why}); "
+                         + memory.out_of_memory_help(model.config, cfg.gradient_checkpointing))
+    log.info("micro-batch %d (%s): %d forward passes of up to %d images on each of %d process(es) make a step of "
+             "%d images", micro, why, -(-per_process // micro), micro, d.world, cfg.effective_batch_size)
+    return micro
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -470,15 +301,16 @@ def to_device(batch: dict, model, device: torch.device) -> tuple[torch.Tensor, .
 # ---- validation --------------------------------------------------------------------------------
 
 @torch.no_grad()
-def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.device, autocast,
-             d: Dist = Dist()) -> tuple[dict, np.ndarray | None]:
+def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.device, autocast, d: Dist,
+             batch_size: int) -> tuple[dict, np.ndarray | None]:
     """Validation figures over the whole set, each process scoring its share and the sums added up:
     the loss and its parts (per image), and from the summed counts pixel and subject accuracy,
     per-label IoU, mIoU and the boundary F-score (as evaluate.py computes them). On rank 0 also an
-    (H, W, 3) uint8 panel of the first --val_panels images (evaluate.draw_panel)."""
+    (H, W, 3) uint8 panel of the first --val_panels images (evaluate.draw_panel). Batches of
+    `batch_size` (the run's micro-batch), halved where one runs out of memory."""
     model.eval()
     mine = list(range(d.rank, len(dataset), d.world))
-    batches = [mine[i:i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
+    loads = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
     label_set = unwrap(model).label_set
     num_labels = len(label_set)
     cm = torch.zeros(num_labels, num_labels, dtype=torch.int64, device=device)
@@ -487,19 +319,25 @@ def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.dev
     losses = torch.zeros(len(names), device=device, dtype=torch.float64)
     edges = np.zeros(4, dtype=np.int64)   # evaluate.boundary_counts, summed
     rows = []
-    for batch in make_loader(dataset, cfg, batches, device):
-        image, mask, boundary = to_device(batch, model, device)
-        with autocast:
-            out = model(image)
-            _, parts = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, cfg.loss)
-        losses += torch.stack([parts[k].double() for k in names]) * len(image)
-        pred = out.mask_logits.argmax(1)                                   # (B, H, W)
-        cm += confusion_matrix(pred, mask, num_labels)
-        edge_probs = out.boundary_logits.float().sigmoid().cpu()           # (B, H, W)
-        for predicted, true in zip((edge_probs >= BOUNDARY_THRESHOLD).numpy(), (boundary.cpu() > 0).numpy()):
-            edges += boundary_counts(predicted, true)
-        if d.main and len(rows) < cfg.val_panels:
-            rows += panel_rows(batch["image"], mask, out, cfg.val_panels - len(rows))
+    for loaded in make_loader(dataset, cfg, loads, device):
+        done = 0
+        while done < len(loaded["index"]):
+            batch = {k: v[done:done + batch_size] for k, v in loaded.items()}
+            result = validation_forward(model, batch, cfg, device, autocast)
+            if result is None:
+                batch_size = memory.halve_micro_batch(batch_size, "validation", unwrap(model).config,
+                                                      cfg.gradient_checkpointing, device,
+                                                      Path(cfg.output_dir) / "checkpoints")
+                continue
+            mask, boundary, out, parts = result
+            done += len(mask)
+            losses += torch.stack([parts[k].double() for k in names]) * len(mask)
+            cm += confusion_matrix(out.mask_logits.argmax(1), mask, num_labels)       # argmax: (B, H, W)
+            edge_probs = out.boundary_logits.float().sigmoid().cpu()                   # (B, H, W)
+            for predicted, true in zip((edge_probs >= BOUNDARY_THRESHOLD).numpy(), (boundary.cpu() > 0).numpy()):
+                edges += boundary_counts(predicted, true)
+            if d.main and len(rows) < cfg.val_panels:
+                rows += panel_rows(batch["image"], mask, out, cfg.val_panels - len(rows))
     model.train()
     cm = all_sum(cm, d).cpu()
     losses = all_sum(losses, d).cpu() / len(dataset)
@@ -508,6 +346,19 @@ def validate(model, dataset: FashionDataset, cfg: TrainConfig, device: torch.dev
     metrics |= {"pixel_accuracy": pixel_accuracy(cm), "subject_accuracy": subject_accuracy(cm), "mIoU": mean_iou(cm),
                 "boundary_f_score": boundary_f_score(edges), "IoU": dict(zip(label_set.labels, iou_per_label(cm).tolist()))}
     return metrics, np.asarray(draw_panel(rows, label_set)) if rows else None
+
+
+def validation_forward(model, batch: dict, cfg: TrainConfig, device: torch.device, autocast):
+    """(mask, boundary target, model output, loss parts) of a validation batch; None where it runs out
+    of memory (its tensors freed as this returns)."""
+    try:
+        image, mask, boundary = to_device(batch, model, device)
+        with autocast:
+            out = model(image)
+            _, parts = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, cfg.loss)
+        return mask, boundary, out, parts
+    except torch.OutOfMemoryError:
+        return None
 
 
 def panel_rows(image: torch.Tensor, mask: torch.Tensor, out, count: int) -> list[tuple]:
@@ -523,261 +374,240 @@ def panel_rows(image: torch.Tensor, mask: torch.Tensor, out, count: int) -> list
     return rows
 
 
-# ---- the training loop -------------------------------------------------------------------------
+# ---- the training step -------------------------------------------------------------------------
 
-def accumulate_gradients(net, batches, shares: list[float], loss_config: LossConfig, device: torch.device,
-                         autocast, scaler: torch.amp.GradScaler, world: int = 1) -> dict[str, torch.Tensor]:
-    """Forward and backward over the micro-batches of one optimizer step, drawn from `batches`.
+class StepImages:
+    """This process's images of one optimizer step, drawn from the epoch's loader as the forward passes
+    need them (the loader works ahead meanwhile) and kept for the step: repeated at a smaller
+    micro-batch after running out of memory, the step reads the same images again. `wait`: the seconds
+    spent waiting for the loader."""
 
-    shares[i] is micro-batch i's share of the step's images over all processes: weighting each
-    loss by it makes the summed gradient the mean over all images however they were split (an
-    uneven last step included), so batch 4 gives the gradient of 2 micro-batches of 2.
-    DistributedDataParallel averages over processes, hence the factor `world`; it synchronises
-    only on the last micro-batch. Returns this process's loss parts, weighted alike.
+    def __init__(self, loader: Iterator[dict], shares: list[float]):
+        self.loader, self.shares, self.loaded, self.wait = loader, shares, [], 0.0
+
+    def micro_batches(self, size: int) -> Iterator[tuple[dict, float]]:
+        """(batch, its share of the step's images over all processes), `size` images at a time; the
+        loader's batches split where they hold more."""
+        for i, share in enumerate(self.shares):
+            if i == len(self.loaded):
+                start = time.perf_counter()
+                self.loaded.append(next(self.loader))
+                self.wait += time.perf_counter() - start
+            loaded, n = self.loaded[i], len(self.loaded[i]["index"])
+            for a in range(0, n, size):
+                yield {k: v[a:a + size] for k, v in loaded.items()}, share * min(size, n - a) / n
+
+
+def accumulate_gradients(net, micro_batches: Iterable[tuple[dict, float]], loss_config: LossConfig,
+                         device: torch.device, autocast, scaler: torch.amp.GradScaler) -> dict[str, torch.Tensor]:
+    """Forward and backward over the (batch, share) micro-batches of one optimizer step.
+
+    A share is the micro-batch's share of the step's images over all processes: weighting each loss by
+    it makes the gradient, summed over micro-batches and processes, the mean over all images however
+    they were split, so batch 4 gives the gradient of 2 micro-batches of 2. Returns this process's
+    loss parts, weighted alike.
     """
     parts = {}
-    for i, share in enumerate(shares):
-        image, mask, boundary = to_device(next(batches), net, device)
-        sync = world == 1 or i == len(shares) - 1
-        with nullcontext() if sync else net.no_sync():
-            with autocast:
-                out = net(image)
-                loss, loss_parts = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary,
-                                                     loss_config)
-            scaler.scale(loss * (share * world)).backward()
+    for batch, share in micro_batches:
+        image, mask, boundary = to_device(batch, net, device)
+        with autocast:
+            out = net(image)
+            loss, loss_parts = segmentation_loss(out.mask_logits, out.boundary_logits, mask, boundary, loss_config)
+        scaler.scale(loss * share).backward()
         for k, v in loss_parts.items():
             parts[k] = parts.get(k, 0.0) + v * share
     return parts
 
 
-def my_shares(micro_batches: list[list[int]], d: Dist) -> tuple[list[list[int]], list[float]]:
-    """This process's part of each micro-batch (batch[rank::world]) and its share of the step.
-
-    A process left with nothing (a short last batch) still runs one image with share 0, so that
-    every process takes part in each gradient exchange.
-    """
-    images = sum(len(b) for b in micro_batches)
-    mine = [b[d.rank::d.world] for b in micro_batches]
-    return [m or b[:1] for m, b in zip(mine, micro_batches)], [len(m) / images for m in mine]
-
-
-def warn_if_changed(ckpt: dict, cfg: TrainConfig, step_images: int) -> None:
-    """A resumed run equals one never interrupted only with the same data, order and steps."""
-    changed = [k for k in ("seed", "test_split", "val_fraction") if ckpt["train_config"].get(k) != getattr(cfg, k)]
-    if ckpt["step_images"] != step_images:
-        changed.append(f"images per step ({ckpt['step_images']} -> {step_images})")
-    if changed:
-        log.warning("resuming with changed %s: the run will not match one never interrupted", ", ".join(changed))
-
-
-def restore(cfg: TrainConfig, device: torch.device):
-    """The model, its stage and the checkpoint to resume (None when starting a stage)."""
-    resume = resume_path(cfg)
-    if not resume:
-        model, stage = build_model(cfg)
-        return model.to(device), stage, None
-    ckpt = read_checkpoint(resume)
-    if "optimizer" not in ckpt:
-        raise CheckpointError(f"{resume}: holds weights only, not a training state to resume; "
-                              "start a new stage from it with --pretrained_model_path")
-    model = model_from_checkpoint(ckpt, str(resume))
-    if run_label_set(cfg, model.label_set).labels != model.label_set.labels:
-        raise CheckpointError(f"{resume}: a run of label set {model.label_set.name}; this one's is "
-                              f"{run_label_set(cfg, model.label_set).name} (--labels / --data_layout)")
-    log.info("resuming %s at step %d (epoch %d)", resume, ckpt["step"], ckpt["epoch"])
-    return model.to(device), ckpt["stage"], ckpt
+def step_gradients(net, images: StepImages, trained: list, progress: Progress, cfg: TrainConfig,
+                   device: torch.device, autocast, scaler: torch.amp.GradScaler, d: Dist) -> dict[str, torch.Tensor]:
+    """The step's gradients (in `trained`) and loss parts, summed over the processes, at the run's
+    micro-batch. Where any process runs out of memory, every process drops the step's gradients, and
+    halves the micro-batch (progress keeps it) and repeats the step on the same images."""
+    while True:
+        parts = None
+        try:
+            parts = accumulate_gradients(net, images.micro_batches(progress.micro_batch), cfg.loss, device,
+                                         autocast, scaler)
+        except torch.OutOfMemoryError:
+            pass   # handled below, once the error and the step's tensors it holds are gone
+        if not all_sum(torch.tensor([parts is None], device=device, dtype=torch.int32), d).item():
+            sum_gradients(trained, d)
+            return {k: all_sum(v.detach().clone(), d) for k, v in parts.items()}
+        parts = None
+        for p in trained:
+            p.grad = None
+        progress.micro_batch = memory.halve_micro_batch(progress.micro_batch, f"step {progress.step + 1}",
+                                                        unwrap(net).config, cfg.gradient_checkpointing, device,
+                                                        Path(cfg.output_dir) / "checkpoints")
+        progress.out_of_memory.append([progress.step + 1, progress.micro_batch])
 
 
-def load_training_state(ckpt: dict, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                        device: torch.device) -> None:
-    """Optimizer and loss-scaler state of a resumed run, fitted to this run's device and precision."""
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for group in optimizer.param_groups:          # a run moved from the CPU to CUDA gets the fused step
-        group["fused"] = device.type == "cuda"
-    if scaler.is_enabled() and ckpt["scaler"]:
-        scaler.load_state_dict(ckpt["scaler"])
-    elif scaler.is_enabled() or ckpt["scaler"]:
-        log.info("the checkpoint was trained %s fp16: the loss scale %s", "without" if scaler.is_enabled() else "with",
-                 "starts fresh" if scaler.is_enabled() else "is not needed now")
+def optimizer_step(optimizer, scaler: torch.amp.GradScaler, trained: list, parts: dict, cfg: TrainConfig,
+                   step: int, bad_steps: int) -> tuple[float, int]:
+    """Unscale, clip and step, skipping a step whose loss or gradient is not finite (an fp16 overflow
+    included: the scaler then halves its scale); the gradient norm and the bad steps in a row, stopping
+    at --max_bad_steps. `step` counts this one."""
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm or math.inf).item()
+    finite = bool(torch.isfinite(parts["total"])) and math.isfinite(grad_norm)
+    if finite:
+        scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    if finite:
+        return grad_norm, 0
+    report = ", ".join(f"{k} {v.item():.4g}" for k, v in parts.items())
+    log.warning("step %d: non-finite loss or gradient (%s, grad norm %.4g): step skipped", step, report, grad_norm)
+    if bad_steps + 1 >= cfg.max_bad_steps:
+        raise FloatingPointError(f"step {step}: {bad_steps + 1} steps in a row with a non-finite loss or gradient "
+                                 f"({report}); stopping. The last good checkpoint is in "
+                                 f"{Path(cfg.output_dir) / 'checkpoints'}")
+    return grad_norm, bad_steps + 1
 
+
+# ---- a stage -----------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) one training stage; returns the path of the final weights."""
-    d, device = setup(cfg)
+    d, device = setup(cfg.device, keeps_freed_memory(cfg))
     torch.manual_seed(cfg.seed)
     dtype = pick_precision(cfg.mixed_precision, device)
-    output_dir = Path(cfg.output_dir)
     model, stage, ckpt = restore(cfg, device)
     cfg = dataclasses.replace(cfg, loss=resolve_class_weights(cfg.loss, model.label_set.labels, model.label_set.name))
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.set_gradient_checkpointing(cfg.gradient_checkpointing)
-    optimizer = make_optimizer(model, stage, cfg, device)
-    # fp16 loss scale: from torch's 2^16 the published model's first 5 steps overflowed (measured on the
-    # tiny preset's first steps), each a bad step; 2^11 was the first to fit
-    scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 11, enabled=dtype == torch.float16)
-    step_images = cfg.batch_size * cfg.gradient_accumulation_steps * d.world
-    step, epoch, epoch_images, best, metrics = 0, 0, 0, -1.0, {}
-    if ckpt:
-        load_training_state(ckpt, optimizer, scaler, device)
-        step, epoch, epoch_images, best = ckpt["step"], ckpt["epoch"], ckpt["epoch_images"], ckpt["best_miou"]
-        metrics = ckpt["val"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        warn_if_changed(ckpt, cfg, step_images)
+    optimizer, scaler = prepare(model, stage, cfg, device, dtype, d)
+    progress = resume_progress(ckpt, cfg, optimizer, scaler, device) if ckpt else Progress()
 
     train_set, val_set = make_datasets(cfg, model, d)
-    total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(train_set) / step_images))
-    final = output_dir / cfg.output_file_name
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(train_set) / cfg.effective_batch_size))
+    final = Path(cfg.output_dir) / cfg.output_file_name
     if finished(cfg, ckpt, total_steps, final):
         if d.world > 1:
             dist.destroy_process_group()
         return final
-    net = DistributedDataParallel(model) if d.world > 1 else model
-    net = torch.compile(net) if cfg.compile else net
+    progress.micro_batch = pick_micro_batch(cfg, model, stage, dtype, device, d, progress)
+    net = torch.compile(model) if cfg.compile else model
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
     trained = [p for p in model.parameters() if p.requires_grad]
-    writer = start_logging(cfg, model, stage, output_dir, step) if d.main else None
+    writer = start_logging(cfg, model, stage, progress.step) if d.main else None
     log.info("%s: %d training / %d validation images, stage %r (%.2f M trained parameters), "
              "%d steps of %d images on %s x %d", cfg.data_dir, len(train_set), len(val_set or []), stage,
-             sum(p.numel() for p in trained) / 1e6, total_steps, step_images, device, d.world)
+             sum(p.numel() for p in trained) / 1e6, total_steps, cfg.effective_batch_size, device, d.world)
 
-    stop, bad_steps = StopRequest(), 0
-    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, disable=not d.main)
-    while step < total_steps:
-        train_set.set_epoch(epoch)
-        done = -(-epoch_images // step_images)   # steps of this epoch already taken (a short last one too)
-        windows = epoch_windows(len(train_set), cfg, epoch, d.world)[done:]
-        mine = [b for w in windows for b in my_shares(w, d)[0]]
-        batches = iter(make_loader(train_set, cfg, mine, device))
-        for micro_batches in windows:
-            if step >= total_steps:
+    stop, bad_steps, timings = StopRequest(), 0, []
+    bar = tqdm(total=total_steps, initial=progress.step, unit="step", dynamic_ncols=True, disable=not d.main)
+    while progress.step < total_steps:
+        train_set.set_epoch(progress.epoch)
+        done = -(-progress.epoch_images // cfg.effective_batch_size)   # steps of this epoch already taken
+        steps = epoch_windows(len(train_set), cfg, progress.epoch)[done:]
+        splits = [my_micro_batches(step, d, progress.micro_batch) for step in steps]
+        loader = iter(make_loader(train_set, cfg, [b for batches, _ in splits for b in batches], device))
+        for step, (_, shares) in zip(steps, splits):
+            if progress.step >= total_steps:
                 break
-            t0 = time.perf_counter()
-            lr = lr_at(step, total_steps, cfg)
+            start = time.perf_counter()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            lr = lr_at(progress.step, total_steps, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            images = sum(len(b) for b in micro_batches)
-            parts = accumulate_gradients(net, batches, my_shares(micro_batches, d)[1], cfg.loss, device,
-                                         autocast, scaler, d.world)
-            parts = {k: all_sum(v.detach().clone(), d) for k, v in parts.items()}
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trained, cfg.max_grad_norm or math.inf)
-            # an fp16 overflow makes the unscaled norm infinite: a bad step, and the scaler halves its scale
-            finite = bool(torch.isfinite(parts["total"]) and torch.isfinite(grad_norm))
-            if finite:
-                scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step, epoch_images = step + 1, epoch_images + images
-            bad_steps = 0 if finite else bad_steps + 1
-            if not finite:
-                report = ", ".join(f"{k} {v.item():.4g}" for k, v in parts.items())
-                log.warning("step %d: non-finite loss or gradient (%s, grad norm %.4g): step skipped",
-                            step, report, grad_norm.item())
-                if bad_steps >= cfg.max_bad_steps:
-                    raise FloatingPointError(
-                        f"step {step}: {bad_steps} steps in a row with a non-finite loss or gradient "
-                        f"({report}); stopping. The last good checkpoint is in {output_dir / 'checkpoints'}")
-
+            images = StepImages(loader, shares)
+            parts = step_gradients(net, images, trained, progress, cfg, device, autocast, scaler, d)
+            grad_norm, bad_steps = optimizer_step(optimizer, scaler, trained, parts, cfg, progress.step + 1, bad_steps)
+            progress.step, progress.epoch_images = progress.step + 1, progress.epoch_images + len(step)
+            timing = (len(step), time.perf_counter() - start, images.wait,
+                      torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None)
             if d.main:
-                speed = images / (time.perf_counter() - t0)
-                for k, v in [*((k, v.item()) for k, v in parts.items()),
-                             ("lr", lr), ("grad_norm", grad_norm.item()), ("img_per_s", speed)]:
-                    writer.add_scalar(f"train/{k}", v, step)
-                bar.update(1)
-                bar.set_postfix(loss=f"{parts['total'].item():.3f}", lr=f"{lr:.1e}", img_s=f"{speed:.1f}")
+                log_step(writer, bar, progress.step, parts, lr, grad_norm, timing)
+            if len(timings) < FEEDING_STEPS:      # this process's first steps say whether the data keeps up
+                timings.append(timing)
+                if len(timings) == FEEDING_STEPS and d.main:
+                    report_feeding(timings, cfg.num_workers, device)
 
             stopping = bool(all_sum(torch.tensor([stop.signal], device=device), d).item())
-            if step % cfg.checkpointing_steps == 0 or step == total_steps or stopping:
-                if val_set is not None:
-                    metrics, panel = validate(model, val_set, cfg, device, autocast, d)   # eager: no graph for eval
-                    best = on_rank0(lambda: log_validation(writer, metrics, panel, step, best, model, cfg, stage,
-                                                           output_dir), d, device)
-                if d.main:
-                    writer.flush()   # what a resume would not write again is on disk before the checkpoint
-                on_rank0(lambda: save_step_checkpoint(
-                    training_state(model, optimizer, scaler, cfg, stage, step, epoch, epoch_images, step_images, best,
-                                   metrics), output_dir, cfg.checkpoints_total_limit), d, device)
+            if progress.step % cfg.checkpointing_steps == 0 or progress.step == total_steps or stopping:
+                validate_and_save(model, optimizer, scaler, cfg, stage, progress, val_set, writer, autocast, device, d)
             if stopping:
-                raise SystemExit(f"stopped by a signal at step {step}; continue with --resume latest")
+                raise SystemExit(f"stopped by a signal at step {progress.step}; continue with --resume latest")
         else:
-            epoch, epoch_images = epoch + 1, 0
+            progress.epoch, progress.epoch_images = progress.epoch + 1, 0
     bar.close()
+    finish(model, cfg, stage, progress, final, writer, val_set is not None, device, d)
+    return final
 
-    on_rank0(lambda: save_atomic(weights_payload(model, cfg, stage, step, metrics), final), d, device)
+
+def prepare(model: UNet, stage: str, cfg: TrainConfig, device: torch.device, dtype: torch.dtype | None,
+            d: Dist) -> tuple[torch.optim.AdamW, torch.amp.GradScaler]:
+    """The model set to train as the flags say (memory layout, gradient checkpointing; rank 0's weights
+    on every process), AdamW over the stage's parameters and the loss scaler (fp16 only)."""
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.set_gradient_checkpointing(cfg.gradient_checkpointing)
+    share_weights(model, d)
+    # fp16 loss scale: from torch's 2^16 the published model's first 5 steps overflowed (measured on the
+    # tiny preset's first steps), each a bad step; 2^11 was the first to fit
+    return make_optimizer(model, stage, cfg, device), torch.amp.GradScaler(
+        device.type, init_scale=2.0 ** 11, enabled=dtype == torch.float16)
+
+
+def finish(model: UNet, cfg: TrainConfig, stage: str, progress: Progress, final: Path, writer: SummaryWriter | None,
+           validated: bool, device: torch.device, d: Dist) -> None:
+    """The final weights (from rank 0), TensorBoard's file closed, a word where nothing was validated,
+    the process group left."""
+    on_rank0(lambda: save_atomic(weights_payload(model, cfg, stage, progress.step, progress.metrics), final), d, device)
     if d.main:
         writer.close()
-        if val_set is None:   # a warning where validation was asked for
+        if not validated:   # a warning where validation was asked for
             why = "--val_fraction 0" if cfg.val_fraction == 0 else "the validation split is empty, see above"
             log.log(logging.INFO if cfg.val_fraction == 0 else logging.WARNING,
                     "not validated (%s): no best.pt; %s holds the last step's weights", why, final)
     if d.world > 1:
         dist.destroy_process_group()
-    return final
 
 
-def finished(cfg: TrainConfig, ckpt: dict | None, total_steps: int, final: Path) -> bool:
-    """With --resume: True (and says so) when the stage has finished, its final weights in place and its
-    newest checkpoint (or, none left, the final weights) at the last step; nothing is then written."""
-    if not cfg.resume or not final.is_file():
-        return False
-    step = ckpt["step"] if ckpt else read_checkpoint(final)["step"]
-    if step < total_steps:
-        return False
-    log.info("%s: this stage has finished (step %d of %d); %s and its validation figures stay as they are. "
-             "Nothing to do (to train it again, give a new --output_dir)", cfg.output_dir, step, total_steps, final)
-    return True
+def validate_and_save(model: UNet, optimizer, scaler, cfg: TrainConfig, stage: str, progress: Progress,
+                      val_set: FashionDataset | None, writer: SummaryWriter | None, autocast, device: torch.device,
+                      d: Dist) -> None:
+    """A checkpoint: validation (TensorBoard, best.pt when mIoU improved), then the step checkpoint."""
+    output_dir = Path(cfg.output_dir)
+    if val_set is not None:   # eager: no graph for evaluation
+        progress.metrics, panel = validate(model, val_set, cfg, device, autocast, d, progress.micro_batch)
+        progress.best = on_rank0(lambda: log_validation(writer, progress.metrics, panel, progress.step, progress.best,
+                                                        model, cfg, stage), d, device)
+    if d.main:
+        writer.flush()   # what a resume would not write again is on disk before the checkpoint
+    on_rank0(lambda: save_step_checkpoint(training_state(model, optimizer, scaler, cfg, stage, progress), output_dir,
+                                          cfg.checkpoints_total_limit), d, device)
 
 
-def start_logging(cfg: TrainConfig, model: UNet, stage: str, output_dir: Path, step: int) -> SummaryWriter:
-    """config.json and the TensorBoard writer (fails early when the folder is not writable). Events are
-    written from step + 1 on: readers drop whatever an earlier, interrupted run logged from there, so a
-    resumed run shows each step once. A fresh run (step 0) logs its configuration, as a text panel and
-    as hparams, and drops everything earlier in the folder."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config = {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model.config), "stage": stage}
-    (output_dir / "config.json").write_text(json.dumps(config, indent=2))
-    writer = SummaryWriter(str(output_dir), purge_step=step + 1 if step else 0)
-    if not step:
-        text = json.dumps(config, indent=2)
-        writer.add_text("config", "    " + text.replace("\n", "\n    "), 0)   # indented: Markdown code
-        flat = {"stage": stage, **{f"model.{k}": v for k, v in config["model"].items()},
-                **{k: v for k, v in config["train"].items() if k != "loss"},
-                **{f"loss.{k}": v for k, v in config["train"]["loss"].items()}}
-        hparams = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in flat.items()}
-        metrics = dict.fromkeys(f"val/{k}" for k in ("mIoU", "pixel_accuracy", "subject_accuracy",
-                                                     "boundary_f_score", "loss"))
-        for summary in hparams_summary(hparams, metrics):   # in this run, not add_hparams' own sub-run
-            writer.file_writer.add_summary(summary, 0)
-    return writer
-
-
-def log_validation(writer: SummaryWriter, metrics: dict, panel, step: int, best: float, model: UNet,
-                   cfg: TrainConfig, stage: str, output_dir: Path) -> float:
-    """TensorBoard scalars (val/..., per-label IoU as val_iou/<label>) and panel, a console line, and
-    best.pt when mIoU improved."""
-    for k, v in metrics.items():
-        if k != "IoU":
-            writer.add_scalar(f"val/{k}", v, step)
-    for label, iou in metrics["IoU"].items():
-        if not math.isnan(iou):   # NaN: neither in the truth nor predicted
-            writer.add_scalar(f"val_iou/{label.replace(' ', '_')}", iou, step)
-    if panel is not None:
-        writer.add_image("val/panel", panel, step, dataformats="HWC")
-    shown = ("loss", "pixel_accuracy", "subject_accuracy", "mIoU", "boundary_f_score")
-    tqdm.write(f"step {step}: " + ", ".join(f"val {k} {metrics[k]:.4f}" for k in shown))
-    if metrics["mIoU"] <= best:
-        return best
-    save_atomic(weights_payload(model, cfg, stage, step, metrics), output_dir / "best.pt")
-    return metrics["mIoU"]
+def print_plan(cfg: TrainConfig) -> None:
+    """--plan: the memory plan of the run these flags describe (its model built on the meta device, no
+    weights allocated), printed and with --plan_json written."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # a checkpoint's weights copied into meta tensors: nothing to do
+        model, stage = build_model(cfg)
+    loss = resolve_class_weights(cfg.loss, model.label_set.labels, model.label_set.name)
+    mc = model.config
+    result = memory.plan(mc, stage, mc.image_size, cfg.gradient_checkpointing, loss)
+    levels = f"local attention on levels {' '.join(map(str, mc.local_attention_levels))}" \
+        if mc.local_attention_levels else "no local attention"
+    print(f"{cfg.pretrained_model_path or 'preset ' + cfg.preset}: {mc.bottleneck} bottleneck, {levels}, "
+          f"stage {stage!r} at {mc.image_size}x{mc.image_size}, gradient checkpointing "
+          f"{'on' if cfg.gradient_checkpointing else 'off'}\n{memory.format_plan(result)}\n"
+          "not planned: torch.compile (usually less); --batch_size auto fits the memory CUDA reports free")
+    if cfg.plan_json:
+        memory.write_plan(result, Path(cfg.plan_json))
+        print(f"written: {cfg.plan_json}")
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = parse_config(argv)
     try:
+        if cfg.plan:
+            return print_plan(cfg)
         final = train(cfg)
-    except (ValueError, FloatingPointError, OSError) as e:   # DataError, CheckpointError included
+    except (ValueError, FloatingPointError, OSError, DoesNotFit) as e:   # DataError, CheckpointError included
         sys.exit(f"error: {e}")
     if int(os.environ.get("RANK", "0")) == 0:
         q = shlex.quote   # paths with spaces (a Drive folder) copy into a shell as they are

@@ -25,7 +25,7 @@ DRIVE = "/content/drive/"
 PARSERS = {"run.py": run.parse_config, "evaluate.py": evaluate.parse_args, "predict.py": predict.parse_args}
 # TrainConfig fields the notebook sets for Colab rather than copying from docs/training.md's recipe.
 COLAB_FIELDS = {"data_dir", "output_dir", "pretrained_model_path", "resume", "mixed_precision", "num_workers",
-                "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "checkpoints_total_limit"}
+                "checkpointing_steps", "checkpoints_total_limit"}
 
 
 def check_command(script: str, argv: list[str]) -> object:
@@ -163,7 +163,7 @@ def test_a_renamed_or_unknown_flag_is_rejected(commands):
         with pytest.raises(SystemExit):
             check_command(script, argv + ["--no_such_flag"])
     stage = next(argv for name, argv in commands if name == "run.py")
-    renamed = [re.sub(r"^--gradient_accumulation_steps$", "--grad_accum", word) for word in stage]
+    renamed = [re.sub(r"^--effective_batch_size$", "--total_batch_size", word) for word in stage]
     assert renamed != stage
     with pytest.raises(SystemExit):
         check_command("run.py", renamed)
@@ -180,7 +180,7 @@ def test_stages_are_the_published_recipe_resumed_on_drive(settings, commands):
         assert Path(cfg.output_dir).parent == Path(settings["RUNS_DIR"])
         assert Path(cfg.output_dir).name == Path(readme.output_dir).name
         assert cfg.data_dir == settings["DATA_DIR"]  # the local copy, never Drive
-        assert cfg.batch_size * cfg.gradient_accumulation_steps == 64
+        assert cfg.effective_batch_size == 64 and cfg.batch_size == "auto"   # as many images a pass as fit
         assert cfg.mixed_precision == "auto"
         if previous:
             assert cfg.pretrained_model_path == f"{previous.output_dir}/{previous.output_file_name}"

@@ -207,7 +207,7 @@ def test_interrupting_a_training_cell_saves_a_checkpoint_then_stops(tmp_path, ar
     helper.source = re.sub(r"^.*(google\.colab|drive\.mount).*$", "", helper.source, flags=re.M)   # the helper alone
     out = tmp_path / "run dir"
     cell = nbformat.v4.new_code_cell(
-        f'sh(\'python run.py --data_dir "{archives / "set"}" --output_dir "{out}" --image_size 32 --batch_size 2 '
+        f'sh(\'python run.py --data_dir "{archives / "set"}" --output_dir "{out}" --image_size 32 --effective_batch_size 2 '
         '--num_workers 0 --max_steps 1000 --checkpointing_steps 1000 --val_panels 0\')')
     nb.cells = [helper, cell]
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})

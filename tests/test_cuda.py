@@ -21,7 +21,7 @@ from unet import read_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--image_size", "64", "--batch_size", "2", "--num_workers", "0", "--val_fraction", "0.25",
+FAST = ["--image_size", "64", "--effective_batch_size", "2", "--num_workers", "0", "--val_fraction", "0.25",
         "--warmup_steps", "1", "--val_panels", "0", "--device", "cuda"]
 
 

@@ -57,9 +57,10 @@ def test_without_the_setting_large_blocks_are_mapped_apart():
 @pytest.mark.parametrize("flag, checkpointing, kept", [("auto", False, True), ("auto", True, False),
                                                         ("on", True, True), ("off", False, False)])
 def test_run_keeps_freed_memory_as_the_flag_says(monkeypatch, flag, checkpointing, kept):
+    import device
     import run
     calls = []
-    monkeypatch.setattr(run, "keep_freed_memory", lambda device: calls.append(device) or True)
-    flags = ["--device", "cpu", "--keep_freed_memory", flag] + ["--gradient_checkpointing"] * checkpointing
-    run.setup(run.parse_config(flags))
+    monkeypatch.setattr(device, "keep_freed_memory", lambda device: calls.append(device) or True)
+    cfg = run.parse_config(["--device", "cpu", "--keep_freed_memory", flag] + ["--gradient_checkpointing"] * checkpointing)
+    device.setup(cfg.device, run.keeps_freed_memory(cfg))   # as run.train sets up
     assert bool(calls) == kept

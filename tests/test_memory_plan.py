@@ -1,7 +1,8 @@
 """memory.py: the plan of a training step's memory, checked on the CPU against real steps (the bytes
 their graphs save, their allocator's peak), against CUDA's own autocast rules on fake CUDA tensors,
 and for its own consistency (extrapolated micro-batches against direct traces, the fixed parts
-against hand-computed bytes, the JSON shape, the micro-batch choice); and bench.py's GPU check."""
+against hand-computed bytes, the JSON shape, the micro-batch choice); run.py's --plan and
+--batch_size auto (on a stand-in for a GPU's free memory); and bench.py's GPU check."""
 import contextlib
 import dataclasses
 import json
@@ -17,8 +18,12 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import bench
 import memory
-from losses import LossConfig, segmentation_loss
-from unet import PRESETS, UNet, stage_parameters
+import run
+from device import Dist
+from labels import load_label_set
+from losses import LossConfig, resolve_class_weights, segmentation_loss
+from runstate import Progress
+from unet import PRESETS, UNet, model_checkpoint, stage_parameters
 
 TINY_LA = dataclasses.replace(PRESETS["tiny"], local_attention_levels=(0, 1, 2, 3, 4))
 
@@ -216,17 +221,82 @@ def test_largest_fitting_is_the_last_row_that_fits_each_card(tiny_plan):
     assert "bf16" in text and "80 GB" in text and f"{tiny_plan['precisions']['fp32'][0]['peak_gib']:.2f}" in text
 
 
-def test_choose_micro_batch_takes_the_largest_that_fits():
-    step = memory.step_memory(PRESETS["tiny"], image_size=64, precision="bf16")
+@pytest.fixture(scope="module")
+def tiny_step() -> memory.StepMemory:
+    return memory.step_memory(PRESETS["tiny"], image_size=64, precision="bf16")
 
-    def needed(batch: int) -> int:     # the least free memory in which `batch` fits
-        return math.ceil(step.figures(batch)["peak"] * (1 + memory.MARGIN_FRACTION) + memory.MARGIN_BYTES)
 
-    assert memory.choose_micro_batch(needed(8), step) == 8
-    assert memory.choose_micro_batch(needed(8) - 1, step) == 4
-    assert memory.choose_micro_batch(needed(6), step, candidates=(1, 2, 3, 6, 12)) == 6
-    assert memory.choose_micro_batch(needed(1) - 1, step) == 0            # not even 1 fits
+def needed(step: memory.StepMemory, batch: int) -> int:
+    """The least free memory in which `batch` fits."""
+    return math.ceil(step.figures(batch)["peak"] * (1 + memory.MARGIN_FRACTION) + memory.MARGIN_BYTES)
+
+
+def test_choose_micro_batch_takes_the_largest_that_fits(tiny_step):
+    step = tiny_step
+    assert memory.choose_micro_batch(needed(step, 8), step) == 8
+    assert memory.choose_micro_batch(needed(step, 8) - 1, step) == 4
+    assert memory.choose_micro_batch(needed(step, 6), step, candidates=(1, 2, 3, 6, 12)) == 6
+    assert memory.choose_micro_batch(needed(step, 1) - 1, step) == 0            # not even 1 fits
     assert memory.choose_micro_batch(memory.card_free_bytes(16), step) > 8
+
+
+class FakeGPU:
+    """torch.cuda's name and memory.py's free memory for a GPU with `free` bytes to give."""
+
+    def __init__(self, monkeypatch, free: int):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a test GPU")
+        monkeypatch.setattr(memory, "cuda_free_bytes", lambda device: free)
+
+
+def test_batch_size_auto_takes_the_largest_divisor_that_fits_the_free_memory(tiny_step, monkeypatch):
+    cuda = torch.device("cuda")
+    for free, per_process, expected in ((needed(tiny_step, 4), 12, 4), (needed(tiny_step, 6), 12, 6),
+                                        (needed(tiny_step, 6) - 1, 12, 4), (needed(tiny_step, 16), 8, 8),
+                                        (needed(tiny_step, 1) - 1, 12, 0)):
+        FakeGPU(monkeypatch, free)
+        micro, why = memory.auto_micro_batch(per_process, cuda, lambda: tiny_step)
+        assert micro == expected and "GiB free on a test GPU" in why
+    cpu = torch.device("cpu")   # no plan: at most CPU_MICRO_BATCH, a divisor of the images per process
+    assert [memory.auto_micro_batch(n, cpu, lambda: pytest.fail("planned"))[0] for n in (64, 12, 5, 1)] == [8, 6, 5, 1]
+
+
+def test_run_picks_the_micro_batch_or_stops_before_training_saying_what_would_help(monkeypatch, caplog):
+    cfg = run.parse_config(["--image_size", "64", "--effective_batch_size", "4"])
+    with torch.device("meta"):
+        model, stage = run.build_model(cfg)
+    step = memory.step_memory(model.config, stage, 64, "bf16")
+    cuda = torch.device("cuda")
+    FakeGPU(monkeypatch, needed(step, 2))
+    with caplog.at_level("INFO", logger="run"):
+        assert run.pick_micro_batch(cfg, model, stage, torch.bfloat16, cuda, Dist(), Progress()) == 2
+    assert "micro-batch 2 (" in caplog.text and "2 forward passes of up to 2 images" in caplog.text
+    # a resumed run that ran out of memory at 1 keeps it
+    assert run.pick_micro_batch(cfg, model, stage, torch.bfloat16, cuda, Dist(), Progress(out_of_memory=[[5, 1]])) == 1
+    FakeGPU(monkeypatch, needed(step, 1) - 1)
+    with pytest.raises(memory.DoesNotFit, match=r"micro-batch 1 plans .* GiB\); what would help: --gradient_checkpointing "
+                                                r".*a smaller preset; a smaller --image_size than 64"):
+        run.pick_micro_batch(cfg, model, stage, torch.bfloat16, cuda, Dist(), Progress())
+    explicit = run.parse_config(["--batch_size", "3", "--effective_batch_size", "4"])
+    with pytest.raises(ValueError, match="--batch_size 3 is more than the 2 images each of 2 process"):
+        run.pick_micro_batch(explicit, model, stage, None, torch.device("cpu"), Dist(0, 2), Progress())
+
+
+def test_run_plan_prints_and_writes_a_stage_s_plan_without_training(tmp_path, capsys):
+    config = dataclasses.replace(PRESETS["tiny"], image_size=64)
+    checkpoint = tmp_path / "stage3.pt"
+    torch.save(model_checkpoint(UNet(config)), checkpoint)
+    written, out = tmp_path / "plan.json", tmp_path / "never"
+    run.main(["--plan", "--pretrained_model_path", str(checkpoint), "--upgrade_local_attention",
+              "--local_attention_levels", "3", "4", "--plan_json", str(written), "--output_dir", str(out)])
+    text = capsys.readouterr().out
+    assert "local attention on levels 3 4, stage 'local_attention' at 64x64" in text
+    assert "largest micro-batch that fits" in text and f"written: {written}" in text
+    labels = load_label_set("deepfashion-mm")   # its class weights: the weighted mean saves a little more
+    expected = memory.plan(dataclasses.replace(config, local_attention_levels=(3, 4)), "local_attention", 64,
+                           loss=resolve_class_weights(LossConfig(), labels.labels, labels.name))
+    assert json.loads(written.read_text()) == json.loads(json.dumps(expected))
+    assert memory.format_plan(expected) in text
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_gpu_check_compares_measured_with_planned_against_15_percent():

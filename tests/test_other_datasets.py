@@ -23,7 +23,7 @@ from synthetic import write_synthetic_lip
 from unet import PRESETS, UNet, load_model, model_checkpoint, read_checkpoint
 
 PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"   # 512x600, a real photo
-FAST = ["--image_size", "32", "--batch_size", "2", "--num_workers", "0", "--max_steps", "2",
+FAST = ["--image_size", "32", "--effective_batch_size", "2", "--num_workers", "0", "--max_steps", "2",
         "--checkpointing_steps", "2", "--val_fraction", "0.2"]
 
 

@@ -13,7 +13,7 @@ from device import pick_precision
 from synthetic import write_synthetic_dataset
 from unet import read_checkpoint
 
-FAST = ["--image_size", "32", "--batch_size", "2", "--num_workers", "0", "--val_fraction", "0",
+FAST = ["--image_size", "32", "--effective_batch_size", "2", "--num_workers", "0", "--val_fraction", "0",
         "--warmup_steps", "1", "--device", "cpu"]
 
 
@@ -120,6 +120,6 @@ def test_compiled_training_compiles_once(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     images = len(FashionDataset(data_dir, "train", val_fraction=0.25))
     assert images % 3, "the test needs a short last batch"
-    train(data_dir, tmp_path / "compiled", "--compile", "--batch_size", "3", "--max_steps", "3",
+    train(data_dir, tmp_path / "compiled", "--compile", "--effective_batch_size", "3", "--max_steps", "3",
           "--val_fraction", "0.25", "--checkpointing_steps", "1")
     assert counters["stats"]["unique_graphs"] == 1

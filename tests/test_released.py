@@ -156,7 +156,7 @@ def test_converted_weights_start_a_training_stage_and_predict(convert, tmp_path)
     write_synthetic_dataset(data, 4, seed=3, width=150, height=220)
     final = run.train(run.parse_config([
         "--data_dir", str(data), "--output_dir", str(tmp_path / "stage2"), "--pretrained_model_path", str(checkpoint),
-        "--upgrade_bottleneck", "--image_size", "32", "--batch_size", "2", "--max_steps", "1", "--num_workers", "0",
+        "--upgrade_bottleneck", "--image_size", "32", "--effective_batch_size", "2", "--max_steps", "1", "--num_workers", "0",
         "--val_fraction", "0", "--warmup_steps", "1"]))
     trained = unet.load_model(final)
     assert trained.config.bottleneck == "attention" and trained.config.base_features == 16

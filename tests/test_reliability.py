@@ -1,4 +1,6 @@
-"""Surviving kills, signals, numerical faults, full disks and hostile files without losing work."""
+"""Surviving kills, signals, numerical faults, running out of memory, full disks and hostile files
+without losing work."""
+import logging
 import os
 import random
 import signal
@@ -16,7 +18,7 @@ from synthetic import write_synthetic_dataset
 from unet import PRESETS, UNet, model_checkpoint, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--image_size", "32", "--batch_size", "2", "--num_workers", "0", "--val_fraction", "0.25",
+FAST = ["--image_size", "32", "--effective_batch_size", "2", "--num_workers", "0", "--val_fraction", "0.25",
         "--warmup_steps", "1", "--val_panels", "0", "--max_steps", "10", "--checkpointing_steps", "1"]
 
 
@@ -113,6 +115,74 @@ def test_non_finite_losses_skip_steps_then_stop_with_a_clear_message(data_dir, t
     last = sorted((out / "checkpoints").glob("step-*.pt"))[-1]
     weights = read_checkpoint(last)["model"]
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def out_of_memory_above(monkeypatch, largest: int, when=lambda: True) -> None:
+    """The model's forward raises torch.OutOfMemoryError (CUDA's is the same class) for a batch of more
+    than `largest` images whenever when() holds, as a GPU that holds `largest` would."""
+    real = UNet.forward
+
+    def forward(self, image):
+        if len(image) > largest and when():
+            raise torch.OutOfMemoryError(f"simulated: {len(image)} images do not fit")
+        return real(self, image)
+
+    monkeypatch.setattr(UNet, "forward", forward)
+
+
+def test_out_of_memory_halves_the_micro_batch_repeats_the_step_and_a_resume_keeps_it(data_dir, tmp_path,
+                                                                                      monkeypatch, caplog):
+    steps = ["--effective_batch_size", "8", "--ce_mean", "pixels", "--max_steps", "4", "--checkpointing_steps", "2"]
+    from_the_start = run.train(run.parse_config(command(data_dir, tmp_path / "two", *steps, "--batch_size", "2")[2:]))
+    out_of_memory_above(monkeypatch, 2)
+    halved = tmp_path / "halved"
+    with caplog.at_level(logging.WARNING):
+        run.train(run.parse_config(command(data_dir, halved, *steps, "--batch_size", "8")[2:]))
+    assert "step 1: out of memory at micro-batch 8; repeated at micro-batch 4" in caplog.text
+    assert "step 1: out of memory at micro-batch 4; repeated at micro-batch 2" in caplog.text
+    a, b = read_checkpoint(from_the_start)["model"], read_checkpoint(halved / "model.pt")["model"]
+    for k in a:   # the same images in the same micro-batches of 2: at most float noise apart
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7), k
+    middle = read_checkpoint(halved / "checkpoints" / "step-0000002.pt")
+    assert middle["micro_batch"] == 2 and middle["out_of_memory"] == [[1, 4], [1, 2]]
+
+    monkeypatch.undo()                         # a resume on a GPU where 8 would fit again keeps 2
+    caplog.clear()
+    resumed = tmp_path / "resumed"
+    with caplog.at_level(logging.INFO):
+        run.train(run.parse_config(command(data_dir, resumed, *steps, "--batch_size", "8", "--resume",
+                                           str(halved / "checkpoints" / "step-0000002.pt"))[2:]))
+    assert "micro-batch 2 (the checkpoint's, since running out of memory at step 1)" in caplog.text
+    same_weights(halved / "model.pt", resumed / "model.pt")
+
+
+def test_validation_out_of_memory_halves_its_batch(data_dir, monkeypatch):
+    cfg = run.parse_config(command(data_dir, Path("unused"), "--val_fraction", "0.5")[2:])
+    torch.manual_seed(0)
+    model, _ = run.build_model(cfg)
+    _, val_set = run.make_datasets(cfg, model, run.Dist())
+    assert len(val_set) >= 3
+    cpu, fp32 = torch.device("cpu"), torch.autocast("cpu", enabled=False)
+    whole, _ = run.validate(model, val_set, cfg, cpu, fp32, run.Dist(), 1)
+    out_of_memory_above(monkeypatch, 1)
+    halved, _ = run.validate(model, val_set, cfg, cpu, fp32, run.Dist(), 4)
+    assert halved["mIoU"] == whole["mIoU"] and halved["IoU"] == whole["IoU"]
+    assert halved["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+
+
+def test_out_of_memory_at_micro_batch_1_stops_saying_what_would_help_and_keeps_the_last_checkpoint(
+        data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    last = out / "checkpoints" / "step-0000002.pt"
+    out_of_memory_above(monkeypatch, 0, when=last.exists)   # from step 3 on not even one image fits
+    with pytest.raises(SystemExit) as stop:
+        run.main(command(data_dir, out, "--checkpoints_total_limit", "5")[2:])
+    message = str(stop.value.code)
+    assert message.startswith("error: step 3: out of memory at micro-batch 1; what would help: "
+                              "--gradient_checkpointing"), message
+    assert "a smaller preset" in message and f"The last checkpoint stays in {out / 'checkpoints'}" in message
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000001.pt", "step-0000002.pt"]
+    assert read_checkpoint(last)["step"] == 2 and not (out / "model.pt").exists()
 
 
 def test_a_full_disk_loses_no_earlier_checkpoint(data_dir, tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """What run.py leaves for TensorBoard and for a stage run again: each step once after a kill and a
-resume, the validation figures by tag, the configuration, the panel; a finished stage left alone;
-commands printed ready to copy; a log note said once. Run: `python -m pytest tests/test_tensorboard.py -q`."""
+resume, the validation figures by tag, the configuration, the panel; whether the data loading keeps
+up; a finished stage left alone; commands printed ready to copy; a log note said once. Run: `python -m pytest tests/test_tensorboard.py -q`."""
 import logging
+import re
 import shlex
 import signal
 import subprocess
@@ -14,12 +15,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 import run
+from dataset import FashionDataset
 from labels import LABELS
 from synthetic import write_synthetic_dataset
 from unet import PRESETS, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--image_size", "32", "--batch_size", "2", "--num_workers", "0", "--val_fraction", "0.25",
+FAST = ["--image_size", "32", "--effective_batch_size", "2", "--num_workers", "0", "--val_fraction", "0.25",
         "--warmup_steps", "1", "--val_panels", "2"]
 
 
@@ -156,3 +158,25 @@ def test_the_note_on_test_names_missing_from_the_data_is_logged_once(data_dir, t
         run.train(run.parse_config(flags(data_dir, tmp_path / "run", "--max_steps", "1")))
     notes = [r.getMessage() for r in caplog.records if "names are not in this data set" in r.getMessage()]
     assert len(notes) == 1, notes   # the train split says it; the val split beside it does not repeat it
+
+
+def test_a_slow_data_set_is_reported_with_a_num_workers_to_try(data_dir, tmp_path, monkeypatch, caplog, capsys):
+    real = FashionDataset.__getitem__
+
+    def slow(self, index):
+        time.sleep(0.5)   # a sample that takes longer to load than the tiny model takes to train on it
+        return real(self, index)
+
+    monkeypatch.setattr(FashionDataset, "__getitem__", slow)
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        run.train(run.parse_config(flags(data_dir, out, "--effective_batch_size", "1", "--max_steps", "21",
+                                         "--val_fraction", "0")))
+    shares = [e.value for e in events(out).Scalars("train/data_wait_share")]
+    assert len(shares) == 21 and all(0 <= share <= 1 for share in shares)
+    assert "steps 2-20 of this run:" in capsys.readouterr().out
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    tried = [re.search(r"training waits for data (\d+)% of the time: try --num_workers (\d+) \(now 0;", m)
+             for m in warned]
+    (found,) = [m for m in tried if m]
+    assert int(found[1]) > 10 and int(found[2]) >= 1

@@ -17,7 +17,7 @@ from synthetic import write_synthetic_dataset
 from unet import PRESETS, UNet, read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--image_size", "32", "--batch_size", "2", "--num_workers", "0", "--val_fraction", "0.25",
+FAST = ["--image_size", "32", "--effective_batch_size", "2", "--num_workers", "0", "--val_fraction", "0.25",
         "--warmup_steps", "1", "--val_panels", "2"]
 
 
@@ -76,8 +76,9 @@ def test_the_five_stages_chain_and_train_only_what_they_should(data_dir, tmp_pat
 
 
 @pytest.mark.parametrize("layout", [
-    ["--gradient_accumulation_steps", "2"],   # 8 training images, 2 steps of 2x2 an epoch: step 3 is mid-epoch
-    ["--batch_size", "3"],                    # steps of 3, 3, 2 images: step 3 ends an epoch on a short step
+    ["--effective_batch_size", "4", "--batch_size", "2"],   # 8 training images, 2 steps of 2x2 an epoch:
+                                                            # step 3 is mid-epoch
+    ["--effective_batch_size", "3"],   # steps of 3, 3, 2 images: step 3 ends an epoch on a short step
 ])
 def test_resume_continues_exactly(data_dir, tmp_path, layout):
     flags = ["--max_steps", "6", "--checkpointing_steps", "3", "--checkpoints_total_limit", "5", *layout]
@@ -116,9 +117,9 @@ def test_gradient_accumulation_matches_the_large_batch(data_dir):
     grads = []
     for split in ([samples], [samples[:2], samples[2:]], [samples[:3], samples[3:]]):
         model.zero_grad()
-        parts = run.accumulate_gradients(model, iter([default_collate(s) for s in split]),
-                                         [len(s) / 4 for s in split], LossConfig(ce_mean="pixels"), cpu,
-                                         torch.autocast("cpu", enabled=False), scaler)
+        parts = run.accumulate_gradients(model, [(default_collate(s), len(s) / 4) for s in split],
+                                         LossConfig(ce_mean="pixels"), cpu, torch.autocast("cpu", enabled=False),
+                                         scaler)
         grads.append(([p.grad.clone() for p in model.parameters()], parts["total"]))
     (big, big_loss), *others = grads
     for small, small_loss in others:
@@ -127,18 +128,22 @@ def test_gradient_accumulation_matches_the_large_batch(data_dir):
             assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_processes_split_each_micro_batch_and_all_take_part():
-    shares = [run.my_shares([[5, 6, 7], [8]], run.Dist(rank, 2)) for rank in (0, 1)]
-    assert shares[0] == ([[5, 7], [8]], [0.5, 0.25])
-    assert shares[1] == ([[6], [8]], [0.25, 0.0])      # nothing left for rank 1: one image, weight 0
+def test_processes_split_each_step_and_all_take_part():
+    shares = [run.my_micro_batches([5, 6, 7, 8, 9], run.Dist(rank, 2), 2) for rank in (0, 1)]
+    assert shares[0] == ([[5, 7], [9]], [0.4, 0.2])
+    assert shares[1] == ([[6, 8]], [0.4])
+    # the images of a process are the same at any micro-batch: step[rank::world]
+    assert run.my_micro_batches([5, 6, 7, 8, 9], run.Dist(0, 2), 1) == ([[5], [7], [9]], [0.2, 0.2, 0.2])
+    assert run.my_micro_batches([5], run.Dist(1, 2), 2) == ([[5]], [0.0])   # nothing left: one image, weight 0
 
 
 def test_the_last_partial_step_of_an_epoch_is_kept():
-    cfg = run.TrainConfig(batch_size=2, gradient_accumulation_steps=3)
+    cfg = run.TrainConfig(effective_batch_size=6)
     windows = run.epoch_windows(11, cfg, epoch=0)
-    assert [len(w) for w in windows] == [3, 3]
-    assert [len(b) for b in windows[-1]] == [2, 2, 1]
-    assert sorted(i for w in windows for b in w for i in b) == list(range(11))
+    assert [len(w) for w in windows] == [6, 5]
+    batches, shares = run.my_micro_batches(windows[-1], run.Dist(), 2)
+    assert [len(b) for b in batches] == [2, 2, 1] and shares == [0.4, 0.4, 0.2]
+    assert sorted(i for w in windows for i in w) == list(range(11))
     assert run.epoch_windows(11, cfg, 0) == windows
     assert run.epoch_windows(11, cfg, 1) != windows
 
@@ -175,6 +180,11 @@ def test_learning_rate_schedule():
     (["--pretrained_model_path", "a.pt", "--preset", "512_96"], "architecture comes from the checkpoint"),
     (["--local_attention_levels", "1"], "goes with --upgrade_local_attention"),
     (["--batch_size", "0"], "--batch_size must be at least 1"),
+    (["--batch_size", "many"], "--batch_size must be at least 1, or auto"),
+    (["--batch_size", "16"], "--batch_size 16 is more than the --effective_batch_size of 8 images a step"),
+    (["--gradient_accumulation_steps", "2"], "--gradient_accumulation_steps is gone: give the images per optimizer "
+                                             "step, --effective_batch_size"),   # an earlier version's flag
+    (["--plan_json", "plan.json"], "--plan_json goes with --plan"),
     (["--mixed_precision", "fp8"], "invalid choice: 'fp8'"),
     (["--class_weights", "1", "2"], "class_weights needs 24 values"),
 ])
@@ -199,7 +209,7 @@ def test_a_12_image_set_trains_with_the_default_split_flags(tmp_path, caplog):
     takes one whole outfit; with a single non-test outfit, training goes on unvalidated."""
     data = tmp_path / "twelve"
     pairs = write_synthetic_dataset(data, 12, seed=0, width=64, height=96)
-    quick = ["--data_dir", str(data), "--image_size", "32", "--batch_size", "2", "--num_workers", "0",
+    quick = ["--data_dir", str(data), "--image_size", "32", "--effective_batch_size", "2", "--num_workers", "0",
              "--max_steps", "2"]
     out = tmp_path / "run"
     cfg = run.parse_config([*quick, "--output_dir", str(out)])

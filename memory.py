@@ -29,7 +29,9 @@ context. `fits` leaves a margin for them; `--batch_size auto` (`auto_micro_batch
 `largest_fitting` use the same one. Not planned either: torch.compile (usually less memory) and
 the validation forward (no gradients, far below a training step); --channels_last keeps the sizes.
 
-Also here: what run.py does when a step runs out of memory after all (`out_of_memory_help`,
+`python memory.py` prints the largest micro-batch of each stage of the published recipe on 16 to 80
+GB cards, planned (`recipe_table`, the table in docs/performance.md). Also here: what run.py does
+when a step runs out of memory after all (`out_of_memory_help`,
 `halve_micro_batch`), and the plan as `python run.py --plan` prints and writes it (`format_plan`,
 `write_plan`).
 """
@@ -39,9 +41,12 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import argparse
 import json
 import logging
 import os
+import sys
+import time
 import typing
 import weakref
 from dataclasses import dataclass
@@ -55,7 +60,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map_only
 
 from losses import LossConfig, segmentation_loss
-from unet import UNet, UNetConfig, stage_parameters
+from unet import PRESETS, UNet, UNetConfig, stage_parameters
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -524,3 +529,52 @@ def write_plan(result: dict, path: Path) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise OSError(f"could not write {path} ({e.strerror or e})") from e
+
+
+# ---- the published recipe's stages -------------------------------------------------------------
+
+# (what, preset, changes to the preset's config, stage): the recipe of docs/training.md at 512x512
+RECIPE_STAGES = (
+    ("512_96 stage 1: simple bottleneck, whole net", "512_96", dict(bottleneck="simple"), "all"),
+    ("512_96 stage 2: `--upgrade_bottleneck` (trains the bottleneck)", "512_96", {}, "bottleneck"),
+    ("512_96 stage 3: attention bottleneck, whole net", "512_96", {}, "all"),
+    ("512_96 stage 4: `--upgrade_local_attention`, levels 2 3 4 (trains local attention)", "512_96",
+     dict(local_attention_levels=(2, 3, 4)), "local_attention"),
+    ("512_96 stage 5: local attention on levels 2 3 4, whole net", "512_96",
+     dict(local_attention_levels=(2, 3, 4)), "all"),
+    ("512_64_xl: attention bottleneck of 6 blocks, whole net", "512_64_xl", {}, "all"),
+)
+
+
+def recipe_table(precisions: tuple[str, ...] = ("fp16", "bf16")) -> str:
+    """A Markdown table: for each recipe stage the largest micro-batch that fits each card (one figure
+    where the precisions agree, else one per precision) and the planned peak at micro-batch 1."""
+    header = ("| run | " + " | ".join(f"{gb} GB" for gb in CARDS_GB)
+              + f" | peak at micro-batch 1, {precisions[0]} |\n|---|" + "---|" * (len(CARDS_GB) + 1))
+    rows = [header]
+    for what, preset, changes, stage in RECIPE_STAGES:
+        result = plan(dataclasses.replace(PRESETS[preset], **changes), stage, precisions=precisions)
+        cells = []
+        for gb in CARDS_GB:
+            fitting = [result["largest_fitting"][p][str(gb)] for p in precisions]
+            cells.append(str(fitting[0]) if len(set(fitting)) == 1 else " / ".join(map(str, fitting)))
+        peak = result["precisions"][precisions[0]][0]["peak_gib"]
+        rows.append(f"| {what} | " + " | ".join(cells) + f" | {peak:.1f} GiB |")
+    return "\n".join(rows)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="The largest micro-batch of each stage of the published "
+                                     "recipe (512x512) on 16, 24, 40 and 80 GB cards, planned without a GPU "
+                                     "(about a minute). One run's plan: python run.py --plan [its flags].")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp16", "bf16"])
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args(sys.argv[1:])
+    start = time.perf_counter()
+    print(recipe_table(tuple(args.precisions)))
+    print(f"planned in {time.perf_counter() - start:.0f} s; a micro-batch fits when its peak x "
+          f"{1 + MARGIN_FRACTION:.2f} + {MARGIN_BYTES // 2**20} MiB fits an N GB card's N x 1e9 bytes - "
+          f"{CARD_ALLOWANCE_BYTES // GIB} GiB")

@@ -199,9 +199,11 @@ def test_a_failing_stage_stops_run_all_and_no_command_cell_swallows_a_failure(co
                 client.execute_cell(nb.cells[index], index)
 
 
-def test_interrupting_a_training_cell_saves_a_checkpoint_then_stops(tmp_path, archives):
+def test_interrupting_a_training_cell_saves_a_checkpoint_then_stops(tmp_path, archives, monkeypatch):
     """The stop button sends SIGINT to the kernel's process group (as Jupyter does); `sh` passes one on to
     the command in its own session, so training finishes its step, saves and exits, and the cell raises."""
+    # the cell's `python` is the interpreter running the tests (a virtual environment's, not activated)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     helper = next(c for c in nb.cells if "def sh(" in c.source)
     helper.source = re.sub(r"^.*(google\.colab|drive\.mount).*$", "", helper.source, flags=re.M)   # the helper alone

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import math
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -25,6 +26,7 @@ from losses import LossConfig, resolve_class_weights, segmentation_loss
 from runstate import Progress
 from unet import PRESETS, UNet, model_checkpoint, stage_parameters
 
+ROOT = Path(__file__).resolve().parent.parent
 TINY_LA = dataclasses.replace(PRESETS["tiny"], local_attention_levels=(0, 1, 2, 3, 4))
 
 
@@ -308,3 +310,15 @@ def test_gpu_check_compares_measured_with_planned_against_15_percent():
     assert "1.100" in text and "0.900" in text and "ratios 0.900-1.100 over 2 cases: within 15%" in text
     far = bench.compare_with_plan([{"case": "fp16 micro-batch 4", "planned": 20 * gib, "measured": 23.5 * gib}])
     assert not far["within"] and "NOT within 15%" in "\n".join(bench.format_comparison(far, "peak"))
+
+
+def test_the_documented_recipe_table_is_what_memory_py_prints():
+    """docs/performance.md's table of the recipe stages and the README's summary of it are the plan's."""
+    table = memory.recipe_table()
+    page = (ROOT / "docs" / "performance.md").read_text()
+    assert table in page
+    rows = [line.split(" | ")[1:5] for line in table.splitlines()[2:]]   # 16, 24, 40, 80 GB per run
+    readme = (ROOT / "README.md").read_text()
+    stages = " | ".join(" / ".join(rows[i][col] for i in range(5)) for col in range(4))
+    assert f"| 512_96 stages 1 / 2 / 3 / 4 / 5 | {stages} |" in readme
+    assert f"| 512_64_xl | {' | '.join(rows[5])} |" in readme

@@ -11,6 +11,7 @@ import pytest
 import bench
 import dataset
 import evaluate
+import memory
 import predict
 import run
 import serve
@@ -23,7 +24,8 @@ PAGES = [README, *sorted((PROJECT / "docs").glob("*.md")), PROJECT / "checkpoint
 # Each script's own parser; each raises SystemExit on an unknown flag or a bad value.
 PARSERS = {"run.py": run.parse_config, "evaluate.py": evaluate.parse_args, "predict.py": predict.parse_args,
            "serve.py": lambda argv: serve.build_parser().parse_args(argv), "unet.py": unet.parse_args,
-           "dataset.py": dataset.parse_args, "synthetic.py": synthetic.parse_args, "bench.py": bench.parse_args}
+           "dataset.py": dataset.parse_args, "synthetic.py": synthetic.parse_args, "bench.py": bench.parse_args,
+           "memory.py": memory.parse_args}
 FENCE = re.compile(r"^ *```(\w*)\n(.*?)^ *```", re.S | re.M)
 
 

@@ -428,6 +428,7 @@ def per_image_csv(variant: str, methods: tuple[str, ...]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (over 60 lines: one flag after another, each with its help, read as a list)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--summarize", nargs="+", metavar="CSV",
                    help="rebuild the table from per-image CSVs, a column each (named by the file's stem), with 95%% "

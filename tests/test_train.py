@@ -181,7 +181,7 @@ def test_learning_rate_schedule():
     (["--local_attention_levels", "1"], "goes with --upgrade_local_attention"),
     (["--batch_size", "0"], "--batch_size must be at least 1"),
     (["--batch_size", "many"], "--batch_size must be at least 1, or auto"),
-    (["--batch_size", "16"], "--batch_size 16 is more than the --effective_batch_size of 8 images a step"),
+    (["--batch_size", "16"], "--batch_size 16 is more than the --effective_batch_size of 4 images a step"),
     (["--gradient_accumulation_steps", "2"], "--gradient_accumulation_steps is gone: give the images per optimizer "
                                              "step, --effective_batch_size"),   # an earlier version's flag
     (["--plan_json", "plan.json"], "--plan_json goes with --plan"),

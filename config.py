@@ -65,7 +65,7 @@ class TrainConfig:
                                                       "2 3 4 at 512, as the paper suggests; all at 128)")
     # optimisation
     # epochs, effective batch and learning rate: the CPU demo's (the recipe gives its own, docs/training.md)
-    epochs: float = arg(25.0, "passes over the training images (fractions allowed)")
+    epochs: float = arg(33.0, "passes over the training images (fractions allowed)")
     max_steps: int = arg(0, "stop after this many optimizer steps (0 = run --epochs)")
     batch_size: str = arg("auto", "images per forward pass on each process (the micro-batch), or auto: the largest "
                           "divisor of the images each process takes a step that fits; on CUDA, one whose planned "

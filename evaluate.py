@@ -222,10 +222,11 @@ def format_tables(tables: dict[str, dict], summary: dict | None = None) -> tuple
                      *(f"{t['median iou'][j]:.3f}" for t in tables.values())])
     for key in ("pixel accuracy", "subject accuracy"):
         rows.append([key, "", "", *(f"{t[key]:.3f}" for t in tables.values())])
-    md = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     if summary is not None:
         md = [stats.interval_table(summary, [tuple(r[:3]) for r in rows[1:1 + len(common)]])]
+    else:
+        md = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     if rare:
         md.append(f"\nLeft out as rare (under {RARE_PROPORTION}% of labelled pixels): {', '.join(rare)}")
     return "\n".join(md), rows
@@ -244,11 +245,14 @@ def format_image_iou(tables: dict[str, dict]) -> str:
     return "\n".join(md)
 
 
-def write_tables(tables: dict[str, dict], out: Path, summary: dict | None = None) -> str:
-    """table.md, table.csv and, with `summary`, summary.json, summary.csv and summary.png in `out`."""
+def write_tables(tables: dict[str, dict], out: Path, summary: dict | None = None, note: str = "") -> str:
+    """table.md (ending in `note`, where given), table.csv and, with `summary`, summary.json, summary.csv
+    and summary.png in `out`."""
     markdown, rows = format_tables(tables, summary)
     if all("mean image iou" in t for t in tables.values()):
         markdown += "\n\n" + format_image_iou(tables)
+    if note:
+        markdown += "\n" + note
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(markdown + "\n")
     with open(out / "table.csv", "w", newline="") as f:
@@ -499,12 +503,9 @@ def report(results: dict, out: Path, methods: tuple[str, ...]) -> str:
     columns = {v: read_stats_csv(out / per_image_csv(v, methods)) for v in ("raw", *methods)}
     tables = {v: label_table(s) for v, s in columns.items()}
     summary = stats.summarize(columns)
-    lines = [write_tables(tables, out, summary)]
-    if results.get("not scored"):
-        lines.append(f"Not scored (no label of the model's maps to them; their truth pixels are ignored): "
-                     f"{', '.join(results['not scored'])}")
-        with open(out / "table.md", "a") as f:
-            f.write(f"\n{lines[-1]}\n")
+    note = (f"Not scored (no label of the model's maps to them; their truth pixels are ignored): "
+            f"{', '.join(results['not scored'])}" if results.get("not scored") else "")
+    lines = [write_tables(tables, out, summary, note)]
     for v, table in tables.items():
         per_label, ci = table["mean image iou"], {k: stats.interval(e[v], 4) for k, e in summary["summary"].items()}
         results[v]["mean image IoU"] = dict(zip(table["labels"], per_label.tolist()))

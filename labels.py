@@ -264,7 +264,6 @@ def load_label_map(spec: str | Path, source: LabelSet | None = None) -> LabelMap
 class Scoring:
     """How a model's predictions are scored against masks of a label set (`scoring_maps`)."""
     labels: LabelSet                   # the label set scored in
-    prediction_map: LabelMap | None    # the model's labels -> `labels`; None: scored as predicted
     truth_map: LabelMap | None         # the masks' labels -> `labels`; None: scored as annotated
     not_scored: tuple[str, ...] = ()   # labels no label of the model's maps to: their truth pixels are not scored
 
@@ -305,7 +304,7 @@ def scoring_maps(model: LabelSet, truth: LabelSet, prediction_map: LabelMap | No
                         + (f"mapped into {scored.name}" if prediction_map else "as it predicts")
                         + _fitting_maps(model, truth))
     reached = set(prediction_map.targets) if prediction_map else set(range(len(scored)))
-    return Scoring(scored, prediction_map, chosen, tuple(n for i, n in enumerate(scored.labels) if i not in reached))
+    return Scoring(scored, chosen, tuple(n for i, n in enumerate(scored.labels) if i not in reached))
 
 
 def _fitting_maps(model: LabelSet, truth: LabelSet) -> str:

@@ -43,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import memory
 import postprocess
 from dataset import FashionDataset
-from device import keep_freed_memory, pick_precision
+from device import keep_freed_memory, native_bf16, pick_precision
 from images import boundary_target, prepare_batch
 from losses import LossConfig, segmentation_loss
 from synthetic import write_synthetic_dataset
@@ -347,19 +347,28 @@ def peak_memory(checkpointing: bool, keep: bool = True) -> float:
     """Peak bytes of a 512_96 training step at 512x512, batch 1: CUDA allocator or process RSS (with
     the CPU's freed memory kept or not, device.keep_freed_memory)."""
     if torch.cuda.is_available():
-        device = torch.device("cuda")
-        step, _ = make_train_step(PRESETS["512_96"], 512, 1, device, pick_precision("auto", device),
-                                  checkpointing=checkpointing, count_flops=False)
-        step()                                   # the optimizer's state exists from here on
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        return torch.cuda.max_memory_allocated()
+        return cuda_step_peak(1, pick_precision("auto", torch.device("cuda")), checkpointing)
     return in_fresh_process(_peak_rss_child, checkpointing, keep)
 
 
+def cuda_step_peak(batch: int, dtype: torch.dtype | None, checkpointing: bool = False) -> int:
+    """torch.cuda.max_memory_allocated of the second training step of 512_96 at 512x512 (AdamW's
+    moments exist from the first on); what the step held is handed back afterwards."""
+    step, _ = make_train_step(PRESETS["512_96"], 512, batch, torch.device("cuda"), dtype,
+                              checkpointing=checkpointing, count_flops=False)
+    step()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    peak = torch.cuda.max_memory_allocated()
+    del step
+    gc.collect()
+    torch.cuda.empty_cache()
+    return peak
+
+
 def cuda_dtypes() -> dict[str, torch.dtype]:
-    """The half precisions this GPU trains in: bf16 where native (unet.native_bf16), and fp16."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16} if torch.cuda.get_device_capability() >= (8, 0) \
+    """The half precisions this GPU trains in: bf16 where native (device.native_bf16), and fp16."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16} if native_bf16(torch.device("cuda")) \
         else {"fp16": torch.float16}
 
 
@@ -448,21 +457,12 @@ def format_comparison(result: dict, what: str) -> list[str]:
 def gpu_memory_check() -> dict:
     """Peak CUDA memory of the second real training step (AdamW's moments exist; cuDNN benchmarking on, as
     in run.py) against the plan: 512_96 at 512x512, micro-batches 1, 2, 4, bf16 (where native), fp16."""
-    device = torch.device("cuda")
     benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
     cases = []
     for precision, dtype in cuda_dtypes().items():
         planned = memory.step_memory(PRESETS["512_96"], image_size=512, precision=precision, loss=LossConfig())
-        for batch in (1, 2, 4):
-            step, _ = make_train_step(PRESETS["512_96"], 512, batch, device, dtype, count_flops=False)
-            step()                                   # the optimizer's state exists from here on
-            torch.cuda.reset_peak_memory_stats()
-            step()
-            cases.append({"case": f"{precision} micro-batch {batch}", "planned": planned.figures(batch)["peak"],
-                          "measured": torch.cuda.max_memory_allocated()})
-            del step
-            gc.collect()
-            torch.cuda.empty_cache()
+        cases += [{"case": f"{precision} micro-batch {batch}", "planned": planned.figures(batch)["peak"],
+                   "measured": cuda_step_peak(batch, dtype)} for batch in (1, 2, 4)]
     torch.backends.cudnn.benchmark = benchmark
     return compare_with_plan(cases)
 

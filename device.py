@@ -60,7 +60,9 @@ def keep_freed_memory(device: torch.device) -> bool:
     return device.type == "cpu" and mallopt((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# the autocast dtype of each precision (None: plain fp32), and the names --precision takes
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", *AUTOCAST_DTYPES)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -83,7 +85,7 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
         major, minor = torch.cuda.get_device_capability(device)
         raise ValueError(f"bf16 on {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) "
                          "has no native kernels and runs every convolution on a slow path; use fp16 (or auto)")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return AUTOCAST_DTYPES[name]
 
 
 # ---- processes and signals ---------------------------------------------------------------------

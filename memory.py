@@ -44,7 +44,6 @@ import gc
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 import typing
@@ -60,10 +59,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map_only
 
 from losses import LossConfig, segmentation_loss
-from unet import PRESETS, UNet, UNetConfig, stage_parameters
+from device import AUTOCAST_DTYPES
+from unet import PRESETS, UNet, UNetConfig, stage_parameters, write_atomic
 
 PRECISIONS = ("bf16", "fp16", "fp32")
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 BLOCK = 512                          # the CUDA caching allocator rounds every allocation up to this
 GIB = 2 ** 30
 # The margin between a planned peak and the free memory (`fits`), shared by `--batch_size auto` and
@@ -520,15 +519,8 @@ def format_plan(result: dict) -> str:
 
 
 def write_plan(result: dict, path: Path) -> None:
-    """The plan as JSON, written to a temporary file and renamed: never half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(f"could not write {path} ({e.strerror or e})") from e
+    """The plan as JSON, written atomically (unet.write_atomic): never half a file."""
+    write_atomic(Path(path), lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
 
 
 # ---- the published recipe's stages -------------------------------------------------------------

@@ -31,7 +31,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -416,21 +416,27 @@ def model_checkpoint(model: nn.Module) -> dict:
             "model": model.state_dict()}
 
 
-def save_atomic(payload: dict, path: Path) -> None:
-    """Write to a temporary file, flush it to disk, then rename: a kill or a full disk never
-    leaves half a file in place of a good one."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], None], kept: str = "the file there before is untouched"
+                 ) -> None:
+    """`write` into a temporary file, flushed to disk, then renamed: a kill or a full disk never leaves
+    half a file in place of a good one. An OSError names the file and says `kept`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise OSError(f"could not write {path} ({e.strerror or e}); earlier checkpoints are untouched") from e
+        raise OSError(f"could not write {path} ({e.strerror or e}); {kept}") from e
+
+
+def save_atomic(payload: dict, path: Path) -> None:
+    """A checkpoint written by write_atomic."""
+    write_atomic(path, lambda f: torch.save(payload, f), "earlier checkpoints are untouched")
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
